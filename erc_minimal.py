@@ -1,0 +1,519 @@
+"""erc_minimal.py: RL post-training of a small Qwen model on math, with Entropy Ratio Clipping.
+
+One file, top to bottom in the order a training step runs:
+config -> data -> reward -> rollout -> log-probs and entropies -> advantages -> policy losses (+ ERC)
+-> update -> loop -> main.
+
+Papers: ERC (arXiv 2512.05591), GRPO (2402.03300), DAPO (2503.14476), GPPO / Klear-Reasoner (2508.07629),
+CE-GPPO (2509.20712), CISPO / MiniMax-M1 (2506.13585), GSPO (2507.18071). "SPEC §n" refers to
+../shared/SPEC.md, which restates every formula used here.
+
+    python erc_minimal.py --preset tiny --algo gppo --erc     # CPU, offline, about a minute
+    python erc_minimal.py --algo gppo --erc                   # Qwen2.5-0.5B-Instruct on GSM8K, one GPU
+"""
+import argparse
+import dataclasses
+import json
+import math
+import os
+import random
+import re
+import sys
+import time
+from dataclasses import dataclass, field
+from fractions import Fraction
+
+import torch
+from torch.utils.checkpoint import checkpoint
+from tqdm.auto import tqdm
+from datasets import Dataset, load_dataset
+from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedTokenizerFast, Qwen2Config, Qwen2ForCausalLM
+
+# ================================================================== config
+ALGOS = ("grpo", "dapo", "gppo", "cegppo", "cispo", "gspo")
+# SPEC §5: paper / released-recipe defaults, used for every field the user leaves unset.
+ALGO_DEFAULTS = {
+    "grpo":   dict(eps_low=0.2,  eps_high=0.2,  clip_c=10.0, beta1=1.0, beta2=1.0, dynamic_sampling=False),
+    "dapo":   dict(eps_low=0.2,  eps_high=0.28, clip_c=10.0, beta1=1.0, beta2=1.0, dynamic_sampling=True),
+    "gppo":   dict(eps_low=0.2,  eps_high=0.2,  clip_c=10.0, beta1=1.0, beta2=1.0, dynamic_sampling=False),
+    "cegppo": dict(eps_low=0.2,  eps_high=0.2,  clip_c=10.0, beta1=0.5, beta2=1.0, dynamic_sampling=False),
+    "cispo":  dict(eps_low=1.0,  eps_high=4.0,  clip_c=None, beta1=1.0, beta2=1.0, dynamic_sampling=False),
+    "gspo":   dict(eps_low=3e-4, eps_high=4e-4, clip_c=None, beta1=1.0, beta2=1.0, dynamic_sampling=False),
+}
+# A preset picks model, data and sizes; the algorithm code is the same for both.
+PRESETS = {
+    "gsm8k": dict(model="Qwen/Qwen2.5-0.5B-Instruct", dataset="openai/gsm8k", prompt_field="question",
+                  answer_field="answer", steps=200, prompts_per_step=16, group_size=8, num_minibatches=8,
+                  max_new_tokens=512, lr=1e-6, warmup_steps=10),
+    "tiny":  dict(model="tiny", dataset="tiny", prompt_field="question", answer_field="answer",
+                  steps=300, prompts_per_step=32, group_size=8, num_minibatches=4,
+                  max_new_tokens=2, lr=3e-4, warmup_steps=0),
+}
+
+
+def arg(default, help, type=None, choices=None):
+    return field(default=default, metadata=dict(help=help, type=type, choices=choices))
+
+
+@dataclass
+class Config:
+    # --- what to train
+    preset: str = arg("gsm8k", "gsm8k: Qwen2.5-0.5B-Instruct on GSM8K (GPU, hub); tiny: random tiny Qwen2 on "
+                      "synthetic sums (CPU, offline)", choices=tuple(PRESETS))
+    model: str = arg(None, "hub id or local path (default: the preset's)", type=str)
+    dataset: str = arg(None, "hub id, or a local .json/.jsonl/.parquet/.csv file (default: the preset's)", type=str)
+    prompt_field: str = arg(None, "dataset column holding the question", type=str)
+    answer_field: str = arg(None, "dataset column holding the gold answer (text after '####' if present)", type=str)
+    # --- policy loss (SPEC §3-§5); None = the algorithm's default
+    algo: str = arg("grpo", "policy loss", choices=ALGOS)
+    eps_low: float = arg(None, "ratio clip: lower bound is 1 - eps_low", type=float)
+    eps_high: float = arg(None, "ratio clip: upper bound is 1 + eps_high", type=float)
+    clip_c: float = arg(None, "dual clip for A < 0 (grpo, dapo, gppo, cegppo)", type=float)
+    beta1: float = arg(None, "cegppo: gradient weight for A < 0, r < 1 - eps_low", type=float)
+    beta2: float = arg(None, "cegppo: gradient weight for A > 0, r > 1 + eps_high", type=float)
+    dynamic_sampling: bool = arg(None, "drop groups whose rewards are all equal (DAPO)", type=bool)
+    erc: bool = arg(False, "entropy ratio clipping on top of the chosen loss (SPEC §4)")
+    erc_low: float = arg(0.95, "ERC: keep a token's gradient only if erc_low < H / H_old ...")
+    erc_high: float = arg(1.05, "... < erc_high")
+    sft_coef: float = arg(0.0, "weight of the NLL of correct responses (the released ERC recipes use 0.1)")
+    # --- rollout and batch sizes
+    steps: int = arg(None, "training steps (one rollout batch each)", type=int)
+    prompts_per_step: int = arg(None, "prompts per rollout batch", type=int)
+    group_size: int = arg(None, "responses sampled per prompt (G)", type=int)
+    num_minibatches: int = arg(None, "optimizer steps per rollout batch", type=int)
+    micro_batch_size: int = arg(None, "responses per forward pass (gradient accumulation); default: a whole "
+                                "mini-batch", type=int)
+    max_new_tokens: int = arg(None, "max completion length", type=int)
+    temperature: float = arg(1.0, "sampling temperature; log-probs and entropies use the same T")
+    logprob_chunk: int = arg(1024, "response tokens per chunk of the output layer (bounds logits memory)")
+    # --- optimiser (released recipes: AdamW, lr 1e-6, 10 warm-up steps, wd 0.1, grad clip 1.0)
+    lr: float = arg(None, "learning rate", type=float)
+    warmup_steps: int = arg(None, "linear learning-rate warm-up, in training steps", type=int)
+    weight_decay: float = arg(0.1, "AdamW weight decay")
+    max_grad_norm: float = arg(1.0, "gradient-norm clip")
+    # --- run
+    seed: int = arg(0, "random seed")
+    out: str = arg("runs/latest", "output directory (metrics.jsonl)")
+
+    def __post_init__(self):
+        if self.algo not in ALGO_DEFAULTS:
+            raise ValueError(f"unknown --algo {self.algo!r}; choose one of {', '.join(ALGOS)}")
+        if self.preset not in PRESETS:
+            raise ValueError(f"unknown --preset {self.preset!r}; choose one of {', '.join(PRESETS)}")
+        for name, value in {**ALGO_DEFAULTS[self.algo], **PRESETS[self.preset]}.items():
+            if getattr(self, name) is None:
+                setattr(self, name, value)
+        checks = [  # (condition that must hold, message)
+            (0 < self.eps_low <= 1, f"--eps-low must be in (0, 1], got {self.eps_low}"),
+            (self.eps_high >= 0, f"--eps-high must be >= 0, got {self.eps_high}"),
+            (self.clip_c is None or self.clip_c > 1, f"--clip-c must be > 1, got {self.clip_c}"),
+            (self.clip_c is None or self.algo not in ("cispo", "gspo"), f"--clip-c (dual clip) does not apply to {self.algo}"),
+            (0 < self.erc_low < self.erc_high, f"need 0 < --erc-low < --erc-high, got {self.erc_low}, {self.erc_high}"),
+            (self.beta1 >= 0 and self.beta2 >= 0, f"--beta1/--beta2 must be >= 0, got {self.beta1}, {self.beta2}"),
+            (self.group_size >= 2, f"--group-size must be >= 2 for group advantages, got {self.group_size}"),
+            (min(self.steps, self.prompts_per_step, self.num_minibatches, self.max_new_tokens, self.logprob_chunk) > 0,
+             "--steps, --prompts-per-step, --num-minibatches, --max-new-tokens, --logprob-chunk must be > 0"),
+            (self.micro_batch_size is None or self.micro_batch_size > 0, "--micro-batch-size must be > 0"),
+            (self.prompts_per_step * self.group_size % self.num_minibatches == 0,
+             f"--num-minibatches {self.num_minibatches} must divide the rollout batch "
+             f"{self.prompts_per_step} x {self.group_size}"),
+            (self.temperature > 0, f"--temperature must be > 0, got {self.temperature}"),
+        ]
+        for ok, message in checks:
+            if not ok:
+                raise ValueError(message)
+
+
+# ================================================================== data
+TINY_CHARS = "0123456789+="
+
+
+def make_tiny_tokenizer():
+    """A character tokenizer built in code; pad == eos, as in Qwen base models (SPEC §1 trap)."""
+    from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers
+    vocab = {token: i for i, token in enumerate(["<|endoftext|>", *TINY_CHARS])}
+    tok = Tokenizer(models.WordLevel(vocab, unk_token="<|endoftext|>"))
+    tok.pre_tokenizer = pre_tokenizers.Split(Regex("."), "isolated")
+    tok.decoder = decoders.Fuse()
+    return PreTrainedTokenizerFast(tokenizer_object=tok, eos_token="<|endoftext|>", pad_token="<|endoftext|>")
+
+
+def make_tiny_model(vocab_size):
+    config = Qwen2Config(vocab_size=vocab_size, hidden_size=64, intermediate_size=256, num_hidden_layers=2,
+                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64,
+                         tie_word_embeddings=True, bos_token_id=0, eos_token_id=0, pad_token_id=0)
+    return Qwen2ForCausalLM(config)
+
+
+def make_tiny_dataset(n, seed, max_operand=4):
+    """Synthetic task: 'a+b=' -> str(a + b), a, b in 0..max_operand. Small enough that a random policy
+    sometimes answers right (about 1 in 15), so RL alone can learn it from scratch."""
+    rng = random.Random(seed)
+    pairs = [(rng.randrange(max_operand + 1), rng.randrange(max_operand + 1)) for _ in range(n)]
+    return Dataset.from_dict({"question": [f"{a}+{b}=" for a, b in pairs], "answer": [str(a + b) for a, b in pairs]})
+
+
+def load_model_and_tokenizer(cfg, device):
+    if cfg.model == "tiny":
+        tokenizer = make_tiny_tokenizer()
+        model = make_tiny_model(len(tokenizer))
+    else:
+        try:
+            tokenizer = AutoTokenizer.from_pretrained(cfg.model)
+            model = AutoModelForCausalLM.from_pretrained(cfg.model, dtype=torch.float32)
+        except OSError as e:
+            raise ValueError(f"cannot load model {cfg.model!r} ({str(e).splitlines()[0]}); "
+                             "without hub access use a local path or --preset tiny") from None
+    tokenizer.padding_side = "left"  # generate appends after the prompt
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return model.to(device), tokenizer
+
+
+def format_prompt(question, tokenizer):
+    """The tokenizer's chat template when it has one, asking for the final answer in \\boxed{}."""
+    if not tokenizer.chat_template:
+        return question
+    message = f"{question}\nPlease reason step by step, and put your final answer within \\boxed{{}}."
+    return tokenizer.apply_chat_template([{"role": "user", "content": message}], tokenize=False,
+                                         add_generation_prompt=True)
+
+
+def load_data(cfg, tokenizer):
+    """A Dataset with columns 'prompt' (formatted) and 'answer' (gold final answer string)."""
+    if cfg.dataset == "tiny":
+        data = make_tiny_dataset(2000, seed=cfg.seed)
+    elif os.path.splitext(cfg.dataset)[1] in (".json", ".jsonl", ".parquet", ".csv"):
+        if not os.path.isfile(cfg.dataset):
+            raise ValueError(f"--dataset file {cfg.dataset!r} does not exist")
+        kind = {".jsonl": "json"}.get(os.path.splitext(cfg.dataset)[1], os.path.splitext(cfg.dataset)[1][1:])
+        data = load_dataset(kind, data_files=cfg.dataset, split="train")
+    else:
+        try:
+            data = load_dataset(cfg.dataset, "main" if cfg.dataset == "openai/gsm8k" else None, split="train")
+        except Exception as e:  # datasets raises many types offline; all mean "cannot load"
+            raise ValueError(f"cannot load dataset {cfg.dataset!r} ({str(e).splitlines()[0]})") from None
+    missing = [f for f in (cfg.prompt_field, cfg.answer_field) if f not in data.column_names]
+    if missing:
+        raise ValueError(f"dataset {cfg.dataset!r} has no field {missing[0]!r}; its fields are {data.column_names}")
+    return data.map(lambda row: {"prompt": format_prompt(row[cfg.prompt_field], tokenizer),
+                                 "answer": str(row[cfg.answer_field]).split("####")[-1].strip()},
+                    remove_columns=data.column_names)
+
+
+# ================================================================== reward
+NUMBER = r"-?(?:\d{1,3}(?:,\d{3})+|\d+)(?:\.\d+)?|-?\.\d+"  # 1,234.5 / 42 / -3 / .75
+
+
+def last_boxed(text):
+    """Content of the last \\boxed{...}, with nested braces (e.g. \\boxed{\\frac{1}{2}})."""
+    start = text.rfind("\\boxed{")
+    if start < 0:
+        return None
+    depth, i = 1, start + len("\\boxed{")
+    for j in range(i, len(text)):
+        depth += {"{": 1, "}": -1}.get(text[j], 0)
+        if depth == 0:
+            return text[i:j]
+    return None
+
+
+def extract_answer(text):
+    """The final answer of a completion: last \\boxed{}, else after '####' / 'answer is', else the last number."""
+    boxed = last_boxed(text)
+    if boxed is not None:
+        return boxed.strip().strip("$").rstrip(".").strip()
+    marked = re.findall(r"(?:####|answer is)\s*:?\s*\$?\s*(" + NUMBER + ")", text, flags=re.IGNORECASE)
+    numbers = marked or re.findall(NUMBER, text)
+    return numbers[-1].rstrip(".") if numbers else None
+
+
+def to_number(answer):
+    """'1,234' / '$3.50' / '\\frac{1}{2}' / '1/2' / '50%' -> Fraction, or None when it is not a number."""
+    if answer is None:
+        return None
+    s = re.sub(r"\\text\{[^}]*\}|\\[!,$%]|[\s$,%]", "", answer).rstrip(".")
+    s = re.sub(r"^\\[dt]?frac\{(-?\d+)\}\{(-?\d+)\}$", r"\1/\2", s)
+    try:
+        return Fraction(s)
+    except (ValueError, ZeroDivisionError):
+        return None
+
+
+def reward_fn(completion, answer):
+    """1.0 if the completion's final answer equals the gold answer numerically, else 0.0 (SPEC §6 trap 5:
+    an unparsable gold answer never scores)."""
+    gold, pred = to_number(answer), to_number(extract_answer(completion))
+    return float(gold is not None and pred == gold)
+
+
+# ================================================================== rollout
+@torch.no_grad()
+def rollout(model, tokenizer, prompts, cfg):
+    """Sample group_size responses per prompt. Returns input_ids [B, P+T], attention_mask [B, P+T],
+    response_mask [B, T], with B = len(prompts) * group_size and the responses of a prompt consecutive."""
+    enc = tokenizer(prompts, return_tensors="pt", padding=True, add_special_tokens=False).to(model.device)
+    # SPEC §6 trap 1: every sampling parameter explicit, so the model's generation_config cannot leak in.
+    sequences = model.generate(**enc, do_sample=True, temperature=cfg.temperature, top_p=1.0, top_k=0,
+                               repetition_penalty=1.0, max_new_tokens=cfg.max_new_tokens,
+                               num_return_sequences=cfg.group_size, pad_token_id=tokenizer.pad_token_id,
+                               eos_token_id=eos_ids(model, tokenizer), use_cache=True)
+    prompt_mask = enc.attention_mask.repeat_interleave(cfg.group_size, 0)
+    response_mask = make_response_mask(sequences[:, enc.input_ids.shape[1]:], eos_ids(model, tokenizer))
+    return sequences, torch.cat([prompt_mask, response_mask], 1), response_mask
+
+
+def eos_ids(model, tokenizer):
+    ids = model.generation_config.eos_token_id
+    return sorted({tokenizer.eos_token_id, *(ids if isinstance(ids, list) else [ids] if ids is not None else [])})
+
+
+def make_response_mask(completion_ids, eos_ids):
+    """1 on sampled tokens up to and including the first EOS, 0 after it (SPEC §1). Built from positions,
+    never from ids != pad, so it is right when pad == eos. A response with no EOS (truncated) is all 1."""
+    is_eos = torch.isin(completion_ids, torch.tensor(eos_ids, device=completion_ids.device)).long()
+    eos_before = is_eos.cumsum(1) - is_eos  # [B, T] number of EOS strictly before t
+    return (eos_before == 0).long()
+
+
+# ================================================================== log-probs and entropies
+def logp_and_entropy_chunk(lm_head, hidden, targets, temperature):
+    """hidden [N, H], targets [N] -> log p(target) [N] (with grad) and entropy [N] (no grad), from
+    softmax(logits / T) over the whole vocabulary (SPEC §4, §6 trap 2). Holds one [N, V] float32 block."""
+    logp_all = (lm_head(hidden).float() / temperature).log_softmax(-1)  # [N, V]
+    token_logp = logp_all.gather(-1, targets[:, None]).squeeze(-1)
+    with torch.no_grad():
+        entropy = -(logp_all.exp() * logp_all).sum(-1)
+    return token_logp, entropy
+
+
+def logp_and_entropy(model, input_ids, attention_mask, response_mask, temperature, chunk):
+    """Log-prob of every response token and the full-vocabulary entropy at its position, both [B, T]
+    (0 where response_mask is 0). The output layer runs on `chunk` response tokens at a time and, with
+    autograd on, is recomputed in backward (checkpoint): memory grows with the hidden states
+    [B, P+T, H] and one [chunk, V] float32 block, never with B x T x V."""
+    # SPEC §6 trap 3: with left padding, positions count from each row's first real token.
+    position_ids = (attention_mask.cumsum(1) - 1).clamp(min=0)
+    hidden = model.base_model(input_ids=input_ids, attention_mask=attention_mask,
+                              position_ids=position_ids).last_hidden_state  # [B, P+T, H]
+    n_prompt = input_ids.shape[1] - response_mask.shape[1]
+    valid = response_mask.bool()
+    hidden = hidden[:, n_prompt - 1:-1][valid]  # [N, H]: the positions that predict real response tokens
+    targets = input_ids[:, n_prompt:][valid]  # [N]
+    lm_head, logps, entropies = model.get_output_embeddings(), [], []
+    for h, y in zip(hidden.split(chunk), targets.split(chunk)):
+        if torch.is_grad_enabled():
+            lp, ent = checkpoint(logp_and_entropy_chunk, lm_head, h, y, temperature, use_reentrant=False)
+        else:
+            lp, ent = logp_and_entropy_chunk(lm_head, h, y, temperature)
+        logps.append(lp)
+        entropies.append(ent)
+    zeros = torch.zeros(response_mask.shape, device=input_ids.device)
+    return zeros.masked_scatter(valid, torch.cat(logps)), zeros.masked_scatter(valid, torch.cat(entropies))
+
+
+# ================================================================== advantages
+def group_advantages(rewards, group_size):
+    """GRPO (DeepSeekMath, outcome supervision; SPEC §2): A_i = (R_i - mean_g R) / (std_g R + 1e-6), unbiased std, groups
+    consecutive. [B] -> [B]. A group with all rewards equal gets exactly 0 (SPEC §2)."""
+    if group_size < 2:
+        raise ValueError("group advantages need group_size >= 2")
+    r = rewards.view(-1, group_size)  # [num_groups, G]
+    advantages = (r - r.mean(1, keepdim=True)) / (r.std(1, keepdim=True) + 1e-6)
+    all_equal = (r == r[:, :1]).all(1, keepdim=True)
+    return advantages.masked_fill(all_equal, 0.0).view(-1)
+
+
+# ================================================================== policy losses (+ ERC)
+def policy_loss(logp, old_logp, advantages, response_mask, cfg, entropy=None, old_entropy=None, denom=None):
+    """SPEC §3-§4. logp, old_logp, response_mask, entropy, old_entropy: [B, T]; advantages: [B].
+    denom: the whole mini-batch's token count (sequence count for gspo) under gradient accumulation;
+    default: this batch's. Returns (scalar loss to minimise, dict of float stats)."""
+    if cfg.erc and (entropy is None or old_entropy is None):
+        raise ValueError("ERC needs entropy and old_entropy")
+    mask = response_mask.float()
+    A = advantages[:, None]  # [B, 1], shared by the tokens of a response
+    lo, hi = 1 - cfg.eps_low, 1 + cfg.eps_high
+    log_ratio = (logp - old_logp) * mask  # 0 on padding, so exp never overflows there
+    if cfg.algo == "gspo":
+        # GSPO-token (GSPO paper, SPEC §3.6): s_i,t = sg(s_i) * exp(logp - sg(logp)), s_i the length-normalised
+        # sequence ratio; same value and gradient as sequence-level GSPO since A is shared by the sequence.
+        seq_log_ratio = log_ratio.sum(1, keepdim=True) / mask.sum(1, keepdim=True).clamp(min=1)
+        ratio = torch.exp(seq_log_ratio.detach() + logp - logp.detach())  # [B, T]
+    else:
+        ratio = torch.exp(log_ratio)  # r_t = pi / pi_old, [B, T]
+    r = ratio.detach()
+
+    # --- each variant's per-token loss l [B, T]; read them side by side
+    if cfg.algo in ("grpo", "dapo", "gspo"):
+        # PPO-clip (GRPO, SPEC §3.1; DAPO = the same with clip-higher eps, §3.2; GSPO applies it to s_i,t, §3.6).
+        loss_tok = torch.maximum(-A * ratio, -A * ratio.clamp(lo, hi))
+    elif cfg.algo in ("gppo", "cegppo"):
+        # CE-GPPO (SPEC §3.4): a clipped token keeps the clipped value but a gradient through r / sg(r), scaled
+        # by beta. GPPO (Klear-Reasoner, SPEC §3.3) is beta1 = beta2 = 1: PPO-clip's value, gradient lo or hi.
+        keep_grad = ratio / r  # value 1, gradient of r
+        loss_tok = torch.where((A < 0) & (r < lo), -A * cfg.beta1 * lo * keep_grad,
+                   torch.where((A > 0) & (r > hi), -A * cfg.beta2 * hi * keep_grad, -A * ratio))
+    elif cfg.algo == "cispo":
+        # CISPO (MiniMax-M1, SPEC §3.5): REINFORCE with a clipped, stop-gradient IS weight; no token loses its gradient.
+        loss_tok = -A * ratio.clamp(lo, hi).detach() * logp
+    if cfg.clip_c is not None:
+        # Dual clip (arXiv 1912.09729), part of the authors' released losses: for A < 0 cap the loss at -A c.
+        loss_tok = torch.where(A < 0, torch.minimum(loss_tok, -A * cfg.clip_c), loss_tok)
+    clipped = (r < lo) | (r > hi) if cfg.algo == "cispo" else ((A > 0) & (r > hi)) | ((A < 0) & (r < lo))
+
+    # --- ERC (ERC paper, SPEC §4): rho = H / H_old per token; a token with rho outside (erc_low, erc_high)
+    # keeps its loss value but loses its gradient, and still counts in the denominator. Any variant, any sign of A.
+    erc_clipped = torch.zeros_like(clipped)
+    if cfg.erc:
+        entropy_ratio = (entropy + 1e-8) / (old_entropy + 1e-8)
+        erc_clipped = (entropy_ratio <= cfg.erc_low) | (entropy_ratio >= cfg.erc_high)
+        loss_tok = torch.where(erc_clipped, loss_tok.detach(), loss_tok)
+
+    # --- aggregation (SPEC §3): token mean over the mini-batch; gspo: mean over sequences of per-sequence means
+    if cfg.algo == "gspo":
+        per_seq = (loss_tok * mask).sum(1) / mask.sum(1).clamp(min=1)
+        loss = per_seq.sum() / (denom or len(per_seq))
+    else:
+        loss = (loss_tok * mask).sum() / (denom or mask.sum().clamp(min=1))
+    n_valid = mask.sum().clamp(min=1)
+    stats = dict(clip_frac=((clipped * mask).sum() / n_valid).item(),
+                 erc_clip_frac=((erc_clipped * mask).sum() / n_valid).item(),
+                 ratio_mean=((r * mask).sum() / n_valid).item())
+    return loss, stats
+
+
+# ================================================================== update
+def sft_loss(logp, response_mask, rewards, denom):
+    """Klear-Reasoner §3.2.3: token-mean NLL of the correct responses (not gated by ERC)."""
+    correct = response_mask * (rewards[:, None] > 0)
+    return -(logp * correct).sum() / max(denom, 1)
+
+
+def train_on_batch(model, optimizer, batch, cfg):
+    """num_minibatches optimizer steps on one rollout batch (one epoch, shuffled). batch: dict of [B, ...]
+    tensors from the rollout with old_logp / old_entropy / advantages / rewards. Returns mean stats."""
+    B = len(batch["advantages"])
+    autocast = torch.autocast("cuda", dtype=torch.bfloat16, enabled=model.device.type == "cuda")
+    history = []
+    for mb in torch.randperm(B).tensor_split(cfg.num_minibatches):
+        if len(mb) == 0:
+            continue
+        # Token mean over the whole mini-batch, also under gradient accumulation (SPEC §6 trap 6).
+        denom = len(mb) if cfg.algo == "gspo" else batch["response_mask"][mb].sum().item()
+        sft_denom = (batch["response_mask"][mb] * (batch["rewards"][mb, None] > 0)).sum().item()
+        optimizer.zero_grad(set_to_none=True)
+        for micro in mb.split(cfg.micro_batch_size or len(mb)):
+            b = {k: v[micro] for k, v in batch.items()}
+            with autocast:
+                logp, entropy = logp_and_entropy(model, b["input_ids"], b["attention_mask"], b["response_mask"],
+                                                 cfg.temperature, cfg.logprob_chunk)
+            loss, stats = policy_loss(logp, b["old_logp"], b["advantages"], b["response_mask"], cfg,
+                                      entropy=entropy, old_entropy=b["old_entropy"], denom=denom)
+            if cfg.sft_coef > 0:
+                loss = loss + cfg.sft_coef * sft_loss(logp, b["response_mask"], b["rewards"], sft_denom)
+            loss.backward()
+            history.append(dict(stats, loss=loss.item()))
+        grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.max_grad_norm)
+        optimizer.step()
+        history[-1]["grad_norm"] = grad_norm.item()
+    return {k: sum(h[k] for h in history if k in h) / sum(k in h for h in history) for k in history[-1]}
+
+
+# ================================================================== loop
+@torch.no_grad()
+def score_old_policy(model, batch, cfg):
+    """old_logp and old_entropy [B, T] with the pre-update weights, without autograd (SPEC §4)."""
+    model.eval()
+    autocast = torch.autocast("cuda", dtype=torch.bfloat16, enabled=model.device.type == "cuda")
+    logps, entropies = [], []
+    for micro in torch.arange(len(batch["input_ids"])).split(cfg.micro_batch_size or len(batch["input_ids"])):
+        with autocast:
+            lp, ent = logp_and_entropy(model, batch["input_ids"][micro], batch["attention_mask"][micro],
+                                       batch["response_mask"][micro], cfg.temperature, cfg.logprob_chunk)
+        logps.append(lp)
+        entropies.append(ent)
+    return torch.cat(logps), torch.cat(entropies)
+
+
+def train(cfg):
+    torch.manual_seed(cfg.seed)
+    random.seed(cfg.seed)
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    model, tokenizer = load_model_and_tokenizer(cfg, device)
+    data = load_data(cfg, tokenizer)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: min(1.0, (step + 1) / (cfg.warmup_steps + 1)))
+    os.makedirs(cfg.out, exist_ok=True)
+    metrics_file = open(os.path.join(cfg.out, "metrics.jsonl"), "w")
+    order = []
+    progress = tqdm(range(cfg.steps), desc=f"{cfg.algo}{'+erc' if cfg.erc else ''}", dynamic_ncols=True)
+    for step in progress:
+        # --- rollout and reward
+        if len(order) < cfg.prompts_per_step:
+            order += torch.randperm(len(data)).tolist()
+        rows = data[[order.pop() for _ in range(cfg.prompts_per_step)]]
+        t0 = time.time()
+        model.eval()
+        with torch.autocast("cuda", dtype=torch.bfloat16, enabled=device.type == "cuda"):
+            input_ids, attention_mask, response_mask = rollout(model, tokenizer, rows["prompt"], cfg)
+        completions = tokenizer.batch_decode(input_ids[:, -response_mask.shape[1]:], skip_special_tokens=True)
+        answers = [a for a in rows["answer"] for _ in range(cfg.group_size)]
+        rewards = torch.tensor([reward_fn(c, a) for c, a in zip(completions, answers)], device=device)
+        gen_time = time.time() - t0
+
+        # --- old log-probs / entropies with the pre-update weights, then advantages
+        t0 = time.time()
+        batch = dict(input_ids=input_ids, attention_mask=attention_mask, response_mask=response_mask,
+                     rewards=rewards, advantages=group_advantages(rewards, cfg.group_size))
+        batch["old_logp"], batch["old_entropy"] = score_old_policy(model, batch, cfg)
+        old_entropy_mean = ((batch["old_entropy"] * response_mask).sum() / response_mask.sum()).item()
+        # DAPO dynamic sampling: drop every group whose rewards are all equal (no top-up, SPEC §3.2).
+        groups = rewards.view(-1, cfg.group_size)
+        keep_group = ~(groups == groups[:, :1]).all(1) if cfg.dynamic_sampling else torch.ones_like(groups[:, 0], dtype=torch.bool)
+        batch = {k: v[keep_group.repeat_interleave(cfg.group_size)] for k, v in batch.items()}
+
+        # --- update (skipped when dynamic sampling left nothing, SPEC §3.2)
+        model.train()
+        stats = train_on_batch(model, optimizer, batch, cfg) if keep_group.any() else {}
+        scheduler.step()
+        record = dict(step=step, reward=rewards.mean().item(), entropy=old_entropy_mean,
+                      clip_frac=stats.get("clip_frac", 0.0), erc_clip_frac=stats.get("erc_clip_frac", 0.0),
+                      grad_norm=stats.get("grad_norm", 0.0), loss=stats.get("loss", 0.0),
+                      response_len=response_mask.sum(1).float().mean().item(),
+                      kept_groups=int(keep_group.sum()), skipped=int(not keep_group.any()),
+                      lr=scheduler.get_last_lr()[0], gen_time=gen_time, train_time=time.time() - t0)
+        metrics_file.write(json.dumps(record) + "\n")
+        metrics_file.flush()
+        progress.set_postfix(reward=f"{record['reward']:.2f}", entropy=f"{record['entropy']:.2f}")
+        tqdm.write(" ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in record.items()))
+    metrics_file.close()
+    return record
+
+
+# ================================================================== main
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    for f in dataclasses.fields(Config):
+        flag, meta = "--" + f.name.replace("_", "-"), f.metadata
+        if f.type is bool and f.default is False:
+            parser.add_argument(flag, action="store_true", help=meta["help"])
+        elif f.type is bool:
+            parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=None, help=meta["help"])
+        else:
+            parser.add_argument(flag, type=meta["type"] or type(f.default), default=f.default,
+                                choices=meta["choices"], help=meta["help"] + (f" (default: {f.default})" if f.default is not None else ""))
+    return parser.parse_args(argv)
+
+
+def main(argv=None):
+    try:
+        cfg = Config(**vars(parse_args(argv)))
+        train(cfg)
+    except ValueError as e:
+        print(f"erc_minimal: error: {e}", file=sys.stderr)
+        sys.exit(2)
+
+
+if __name__ == "__main__":
+    main()
