@@ -14,7 +14,6 @@ CE-GPPO (2509.20712), CISPO / MiniMax-M1 (2506.13585), GSPO (2507.18071). "SPEC 
 import argparse
 import dataclasses
 import json
-import math
 import os
 import random
 import re
@@ -51,21 +50,21 @@ PRESETS = {
 }
 
 
-def arg(default, help, type=None, choices=None):
-    return field(default=default, metadata=dict(help=help, type=type, choices=choices))
+def arg(default, help, type=None):
+    return field(default=default, metadata=dict(help=help, type=type))
 
 
 @dataclass
 class Config:
     # --- what to train
     preset: str = arg("gsm8k", "gsm8k: Qwen2.5-0.5B-Instruct on GSM8K (GPU, hub); tiny: random tiny Qwen2 on "
-                      "synthetic sums (CPU, offline)", choices=tuple(PRESETS))
+                      "synthetic sums (CPU, offline)")
     model: str = arg(None, "hub id or local path (default: the preset's)", type=str)
     dataset: str = arg(None, "hub id, or a local .json/.jsonl/.parquet/.csv file (default: the preset's)", type=str)
     prompt_field: str = arg(None, "dataset column holding the question", type=str)
     answer_field: str = arg(None, "dataset column holding the gold answer (text after '####' if present)", type=str)
     # --- policy loss (SPEC §3-§5); None = the algorithm's default
-    algo: str = arg("grpo", "policy loss", choices=ALGOS)
+    algo: str = arg("grpo", "policy loss: " + ", ".join(ALGOS))
     eps_low: float = arg(None, "ratio clip: lower bound is 1 - eps_low", type=float)
     eps_high: float = arg(None, "ratio clip: upper bound is 1 + eps_high", type=float)
     clip_c: float = arg(None, "dual clip for A < 0 (grpo, dapo, gppo, cegppo)", type=float)
@@ -107,7 +106,7 @@ class Config:
             (0 < self.eps_low <= 1, f"--eps-low must be in (0, 1], got {self.eps_low}"),
             (self.eps_high >= 0, f"--eps-high must be >= 0, got {self.eps_high}"),
             (self.clip_c is None or self.clip_c > 1, f"--clip-c must be > 1, got {self.clip_c}"),
-            (self.clip_c is None or self.algo not in ("cispo", "gspo"), f"--clip-c (dual clip) does not apply to {self.algo}"),
+            (self.clip_c is None or self.algo not in ("cispo", "gspo"), f"--clip-c does not apply to {self.algo}"),
             (0 < self.erc_low < self.erc_high, f"need 0 < --erc-low < --erc-high, got {self.erc_low}, {self.erc_high}"),
             (self.beta1 >= 0 and self.beta2 >= 0, f"--beta1/--beta2 must be >= 0, got {self.beta1}, {self.beta2}"),
             (self.group_size >= 2, f"--group-size must be >= 2 for group advantages, got {self.group_size}"),
@@ -314,7 +313,7 @@ def logp_and_entropy(model, input_ids, attention_mask, response_mask, temperatur
 
 # ================================================================== advantages
 def group_advantages(rewards, group_size):
-    """GRPO (DeepSeekMath, outcome supervision; SPEC §2): A_i = (R_i - mean_g R) / (std_g R + 1e-6), unbiased std, groups
+    """GRPO (DeepSeekMath, SPEC §2): A_i = (R_i - mean_g R) / (std_g R + 1e-6), unbiased std, groups
     consecutive. [B] -> [B]. A group with all rewards equal gets exactly 0 (SPEC §2)."""
     if group_size < 2:
         raise ValueError("group advantages need group_size >= 2")
@@ -436,12 +435,16 @@ def score_old_policy(model, batch, cfg):
     return torch.cat(logps), torch.cat(entropies)
 
 
-def train(cfg):
+def setup(cfg):
+    """Model, tokenizer and data; every user-input problem surfaces here as a ValueError."""
     torch.manual_seed(cfg.seed)
-    random.seed(cfg.seed)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     model, tokenizer = load_model_and_tokenizer(cfg, device)
-    data = load_data(cfg, tokenizer)
+    return model, tokenizer, load_data(cfg, tokenizer)
+
+
+def train(cfg, model, tokenizer, data):
+    device = model.device
     optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: min(1.0, (step + 1) / (cfg.warmup_steps + 1)))
     os.makedirs(cfg.out, exist_ok=True)
@@ -470,7 +473,8 @@ def train(cfg):
         old_entropy_mean = ((batch["old_entropy"] * response_mask).sum() / response_mask.sum()).item()
         # DAPO dynamic sampling: drop every group whose rewards are all equal (no top-up, SPEC §3.2).
         groups = rewards.view(-1, cfg.group_size)
-        keep_group = ~(groups == groups[:, :1]).all(1) if cfg.dynamic_sampling else torch.ones_like(groups[:, 0], dtype=torch.bool)
+        all_equal = (groups == groups[:, :1]).all(1)
+        keep_group = ~all_equal if cfg.dynamic_sampling else torch.ones_like(all_equal)
         batch = {k: v[keep_group.repeat_interleave(cfg.group_size)] for k, v in batch.items()}
 
         # --- update (skipped when dynamic sampling left nothing, SPEC §3.2)
@@ -501,18 +505,20 @@ def parse_args(argv=None):
         elif f.type is bool:
             parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=None, help=meta["help"])
         else:
+            default = f" (default: {f.default})" if f.default is not None else ""
             parser.add_argument(flag, type=meta["type"] or type(f.default), default=f.default,
-                                choices=meta["choices"], help=meta["help"] + (f" (default: {f.default})" if f.default is not None else ""))
+                                help=meta["help"] + default)
     return parser.parse_args(argv)
 
 
 def main(argv=None):
     try:
         cfg = Config(**vars(parse_args(argv)))
-        train(cfg)
-    except ValueError as e:
+        model, tokenizer, data = setup(cfg)
+    except ValueError as e:  # bad input: one line, exit 2, no traceback
         print(f"erc_minimal: error: {e}", file=sys.stderr)
         sys.exit(2)
+    return train(cfg, model, tokenizer, data)
 
 
 if __name__ == "__main__":
