@@ -87,7 +87,7 @@ class Config:
     logprob_chunk: int = arg(1024, "response tokens per chunk of the output layer (bounds logits memory)")
     # --- optimiser (released recipes: AdamW, lr 1e-6, 10 warm-up steps, wd 0.1, grad clip 1.0)
     lr: float = arg(None, "learning rate", type=float)
-    warmup_steps: int = arg(None, "linear learning-rate warm-up, in training steps", type=int)
+    warmup_steps: int = arg(None, "linear learning-rate warm-up, in training steps with an update", type=int)
     weight_decay: float = arg(0.1, "AdamW weight decay")
     max_grad_norm: float = arg(1.0, "gradient-norm clip")
     # --- run
@@ -319,8 +319,14 @@ def group_advantages(rewards, group_size):
         raise ValueError("group advantages need group_size >= 2")
     r = rewards.view(-1, group_size)  # [num_groups, G]
     advantages = (r - r.mean(1, keepdim=True)) / (r.std(1, keepdim=True) + 1e-6)
-    all_equal = (r == r[:, :1]).all(1, keepdim=True)
-    return advantages.masked_fill(all_equal, 0.0).view(-1)
+    return advantages.view(-1).masked_fill(~group_varies(rewards, group_size), 0.0)
+
+
+def group_varies(rewards, group_size):
+    """[B] True where the response's group does not have all-equal rewards. DAPO's dynamic sampling keeps
+    exactly these responses (SPEC §3.2; no top-up)."""
+    r = rewards.view(-1, group_size)
+    return (r != r[:, :1]).any(1).repeat_interleave(group_size)
 
 
 # ================================================================== policy losses (+ ERC)
@@ -471,21 +477,21 @@ def train(cfg, model, tokenizer, data):
                      rewards=rewards, advantages=group_advantages(rewards, cfg.group_size))
         batch["old_logp"], batch["old_entropy"] = score_old_policy(model, batch, cfg)
         old_entropy_mean = ((batch["old_entropy"] * response_mask).sum() / response_mask.sum()).item()
-        # DAPO dynamic sampling: drop every group whose rewards are all equal (no top-up, SPEC §3.2).
-        groups = rewards.view(-1, cfg.group_size)
-        all_equal = (groups == groups[:, :1]).all(1)
-        keep_group = ~all_equal if cfg.dynamic_sampling else torch.ones_like(all_equal)
-        batch = {k: v[keep_group.repeat_interleave(cfg.group_size)] for k, v in batch.items()}
+        # DAPO dynamic sampling: drop every group whose rewards are all equal.
+        keep = group_varies(rewards, cfg.group_size) if cfg.dynamic_sampling else torch.ones_like(rewards).bool()
+        batch = {k: v[keep] for k, v in batch.items()}
 
         # --- update (skipped when dynamic sampling left nothing, SPEC §3.2)
         model.train()
-        stats = train_on_batch(model, optimizer, batch, cfg) if keep_group.any() else {}
-        scheduler.step()
+        stats = {}
+        if keep.any():
+            stats = train_on_batch(model, optimizer, batch, cfg)
+            scheduler.step()  # warm-up counts training steps that updated
         record = dict(step=step, reward=rewards.mean().item(), entropy=old_entropy_mean,
                       clip_frac=stats.get("clip_frac", 0.0), erc_clip_frac=stats.get("erc_clip_frac", 0.0),
                       grad_norm=stats.get("grad_norm", 0.0), loss=stats.get("loss", 0.0),
                       response_len=response_mask.sum(1).float().mean().item(),
-                      kept_groups=int(keep_group.sum()), skipped=int(not keep_group.any()),
+                      kept_groups=int(keep.sum()) // cfg.group_size, skipped=int(not keep.any()),
                       lr=scheduler.get_last_lr()[0], gen_time=gen_time, train_time=time.time() - t0)
         metrics_file.write(json.dumps(record) + "\n")
         metrics_file.flush()

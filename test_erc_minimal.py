@@ -198,6 +198,10 @@ def test_erc_zero_entropy_is_finite_and_kept():
     zero = torch.zeros_like(logp)
     loss, grad, stats = loss_and_grad(logp, old, adv, mask, cfg, entropy=zero, old_entropy=zero)
     assert torch.isfinite(loss) and torch.isfinite(grad).all() and stats["erc_clip_frac"] == 0.0
+    # near-zero entropies: SPEC's 1e-8 decides, (1e-9 + 1e-8) / (1.2e-9 + 1e-8) = 0.982 is inside the band
+    _, grad_tiny, stats = loss_and_grad(logp, old, adv, mask, cfg, entropy=zero + 1e-9, old_entropy=zero + 1.2e-9)
+    torch.testing.assert_close(grad_tiny, grad)
+    assert stats["erc_clip_frac"] == 0.0
 
 
 def test_erc_without_entropies_is_a_clear_error():
@@ -218,16 +222,34 @@ def test_denominator_under_gradient_accumulation():
 
 # ------------------------------------------------------------------ advantages (SPEC §2)
 def test_group_advantages_unbiased_std_and_zero_groups():
-    rewards = torch.tensor([1.0, 0.0, 0.0, 1.0, 0.1, 0.1, 0.1, 0.1, 1.0, 1.0, 1.0, 0.0])
-    adv = E.group_advantages(rewards, 4)
-    g = rewards.view(3, 4).double()
+    rewards = torch.tensor([1.0, 0.0, 0.0, 1.0, 0.0, 1.0, 1.0, 1.0] + [0.7] * 8 + [1.0] * 8)
+    adv = E.group_advantages(rewards, 8)
+    g = rewards.view(3, 8).double()
     expected = (g - g.mean(1, keepdim=True)) / (g.std(1, unbiased=True, keepdim=True) + 1e-6)
-    expected[1] = 0.0  # 0.1 is not exact in float: the mean must still give exactly 0, not noise / 1e-6
+    expected[1] = 0.0  # in float32 the mean of eight 0.7 is not 0.7: R - mean must still give exactly 0
     torch.testing.assert_close(adv.double(), expected.view(-1), rtol=1e-5, atol=1e-6)
-    assert (adv[4:8] == 0).all()
-    assert adv[0] == pytest.approx(0.5 / (math.sqrt(1 / 3) + 1e-6), rel=1e-5)
+    assert (adv[8:] == 0).all()
+    assert adv[0] == pytest.approx((1 - 5 / 8) / (math.sqrt(5 / 8 * 3 / 8 * 8 / 7) + 1e-6), rel=1e-5)
     with pytest.raises(ValueError):
         E.group_advantages(rewards, 1)
+
+
+def test_dynamic_sampling_keeps_exactly_the_groups_with_varying_rewards():
+    rewards = torch.tensor([0.0, 0.0, 0.0, 1.0, 1.0, 1.0, 0.3, 0.3, 0.3, 0.0, 1.0, 0.0])
+    expected = [False] * 9 + [True] * 3  # only the last group (0, 1, 0) varies
+    assert E.group_varies(rewards, 3).tolist() == expected
+
+
+def test_step_with_every_group_dropped_skips_the_update(tmp_path, monkeypatch):
+    """dapo with all rewards equal: dynamic sampling drops everything, the update is skipped, weights stay."""
+    monkeypatch.setattr(E, "reward_fn", lambda completion, answer: 1.0)
+    cfg = E.Config(preset="tiny", algo="dapo", steps=2, prompts_per_step=4, out=str(tmp_path))
+    model, tokenizer, data = E.setup(cfg)
+    before = [p.detach().clone() for p in model.parameters()]
+    E.train(cfg, model, tokenizer, data)
+    rows = [json.loads(line) for line in open(tmp_path / "metrics.jsonl")]
+    assert [r["skipped"] for r in rows] == [1, 1] and [r["kept_groups"] for r in rows] == [0, 0]
+    assert all(torch.equal(a, b) for a, b in zip(before, model.parameters()))
 
 
 # ------------------------------------------------------------------ response mask (SPEC §1)
