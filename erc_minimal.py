@@ -17,6 +17,8 @@ import json
 import os
 import random
 import re
+import shutil
+import signal
 import sys
 import time
 from dataclasses import dataclass, field
@@ -25,7 +27,7 @@ from fractions import Fraction
 import torch
 from torch.utils.checkpoint import checkpoint
 from tqdm.auto import tqdm
-from datasets import Dataset, load_dataset
+from datasets import Dataset, disable_progress_bars, load_dataset
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedTokenizerFast, Qwen2Config, Qwen2ForCausalLM
 
 # ================================================================== config
@@ -43,10 +45,10 @@ ALGO_DEFAULTS = {
 PRESETS = {
     "gsm8k": dict(model="Qwen/Qwen2.5-0.5B-Instruct", dataset="openai/gsm8k", prompt_field="question",
                   answer_field="answer", steps=200, prompts_per_step=16, group_size=8, num_minibatches=8,
-                  max_new_tokens=512, lr=1e-6, warmup_steps=10),
+                  max_new_tokens=512, lr=1e-6, warmup_steps=10, eval_prompts=256),
     "tiny":  dict(model="tiny", dataset="tiny", prompt_field="question", answer_field="answer",
                   steps=300, prompts_per_step=32, group_size=8, num_minibatches=4,
-                  max_new_tokens=2, lr=3e-4, warmup_steps=0),
+                  max_new_tokens=2, lr=3e-4, warmup_steps=0, eval_prompts=64),
 }
 
 
@@ -90,9 +92,18 @@ class Config:
     warmup_steps: int = arg(None, "linear learning-rate warm-up, in training steps with an update", type=int)
     weight_decay: float = arg(0.1, "AdamW weight decay")
     max_grad_norm: float = arg(1.0, "gradient-norm clip")
-    # --- run
+    # --- evaluation, checkpoints, output
+    eval_every: int = arg(0, "evaluate on held-out prompts every N steps and at the end (0: never)")
+    eval_prompts: int = arg(None, "held-out prompts per evaluation", type=int)
+    eval_samples: int = arg(4, "samples per prompt for avg@k accuracy at --eval-temperature")
+    eval_temperature: float = arg(1.0, "sampling temperature of the avg@k evaluation")
+    save_every: int = arg(0, "checkpoint every N steps; always at the end and on Ctrl-C / SIGTERM")
+    max_bad_steps: int = arg(3, "stop after this many consecutive steps with a non-finite loss or gradient")
     seed: int = arg(0, "random seed")
-    out: str = arg("runs/latest", "output directory (metrics.jsonl)")
+    out: str = arg("runs/latest", "output directory: metrics.jsonl, config.json, checkpoints, metrics.png")
+    resume: bool = arg(False, "continue the run in --out from its latest checkpoint, with its config.json "
+                       "(flags given now override it)")
+    overwrite: bool = arg(False, "start over in --out even if it holds another run")
 
     def __post_init__(self):
         if self.algo not in ALGO_DEFAULTS:
@@ -117,6 +128,11 @@ class Config:
              f"--num-minibatches {self.num_minibatches} must divide the rollout batch "
              f"{self.prompts_per_step} x {self.group_size}"),
             (self.temperature > 0, f"--temperature must be > 0, got {self.temperature}"),
+            (min(self.eval_every, self.save_every, self.eval_temperature) >= 0 and self.eval_samples > 0
+             and self.eval_prompts > 0 and self.max_bad_steps > 0,
+             "--eval-every, --save-every, --eval-temperature must be >= 0; --eval-samples, --eval-prompts, "
+             "--max-bad-steps > 0"),
+            (not (self.resume and self.overwrite), "--resume and --overwrite exclude each other"),
         ]
         for ok, message in checks:
             if not ok:
@@ -152,16 +168,17 @@ def make_tiny_dataset(n, seed, max_operand=4):
     return Dataset.from_dict({"question": [f"{a}+{b}=" for a, b in pairs], "answer": [str(a + b) for a, b in pairs]})
 
 
-def load_model_and_tokenizer(cfg, device):
-    if cfg.model == "tiny":
+def load_model_and_tokenizer(name, device):
+    """'tiny', a hub id, or a local folder (a checkpoint of this script included)."""
+    if name == "tiny":
         tokenizer = make_tiny_tokenizer()
         model = make_tiny_model(len(tokenizer))
     else:
         try:
-            tokenizer = AutoTokenizer.from_pretrained(cfg.model)
-            model = AutoModelForCausalLM.from_pretrained(cfg.model, dtype=torch.float32)
+            tokenizer = AutoTokenizer.from_pretrained(name)
+            model = AutoModelForCausalLM.from_pretrained(name, dtype=torch.float32)
         except OSError as e:
-            raise ValueError(f"cannot load model {cfg.model!r} ({str(e).splitlines()[0]}); "
+            raise ValueError(f"cannot load model {name!r} ({str(e).splitlines()[0]}); "
                              "without hub access use a local path or --preset tiny") from None
     tokenizer.padding_side = "left"  # generate appends after the prompt
     if tokenizer.pad_token is None:
@@ -178,20 +195,25 @@ def format_prompt(question, tokenizer):
                                          add_generation_prompt=True)
 
 
-def load_data(cfg, tokenizer):
-    """A Dataset with columns 'prompt' (formatted) and 'answer' (gold final answer string)."""
+def load_data(cfg, tokenizer, split="train"):
+    """A Dataset with columns 'prompt' (formatted) and 'answer' (gold final answer string). split='test' is the
+    held-out set: GSM8K's test split, or fresh tiny samples (the tiny task has only 25 distinct questions)."""
     if cfg.dataset == "tiny":
-        data = make_tiny_dataset(2000, seed=cfg.seed)
+        data = make_tiny_dataset(2000 if split == "train" else cfg.eval_prompts, seed=cfg.seed + (split != "train"))
     elif os.path.splitext(cfg.dataset)[1] in (".json", ".jsonl", ".parquet", ".csv"):
         if not os.path.isfile(cfg.dataset):
             raise ValueError(f"--dataset file {cfg.dataset!r} does not exist")
+        if split != "train":
+            raise ValueError("--eval-every needs a held-out split, and a local --dataset file has only one")
         kind = {".jsonl": "json"}.get(os.path.splitext(cfg.dataset)[1], os.path.splitext(cfg.dataset)[1][1:])
         data = load_dataset(kind, data_files=cfg.dataset, split="train")
     else:
         try:
-            data = load_dataset(cfg.dataset, "main" if cfg.dataset == "openai/gsm8k" else None, split="train")
+            data = load_dataset(cfg.dataset, "main" if cfg.dataset == "openai/gsm8k" else None, split=split)
         except Exception as e:  # datasets raises many types offline; all mean "cannot load"
             raise ValueError(f"cannot load dataset {cfg.dataset!r} ({str(e).splitlines()[0]})") from None
+    if split != "train":
+        data = data.select(range(min(cfg.eval_prompts, len(data))))
     missing = [f for f in (cfg.prompt_field, cfg.answer_field) if f not in data.column_names]
     if missing:
         raise ValueError(f"dataset {cfg.dataset!r} has no field {missing[0]!r}; its fields are {data.column_names}")
@@ -248,16 +270,18 @@ def reward_fn(completion, answer):
 
 # ================================================================== rollout
 @torch.no_grad()
-def rollout(model, tokenizer, prompts, cfg):
-    """Sample group_size responses per prompt. Returns input_ids [B, P+T], attention_mask [B, P+T],
-    response_mask [B, T], with B = len(prompts) * group_size and the responses of a prompt consecutive."""
+def rollout(model, tokenizer, prompts, num_samples, temperature, max_new_tokens):
+    """Sample num_samples responses per prompt from softmax(logits / temperature); temperature 0 is greedy.
+    Returns input_ids [B, P+T], attention_mask [B, P+T], response_mask [B, T], with B = len(prompts) *
+    num_samples and the responses of a prompt consecutive."""
     enc = tokenizer(prompts, return_tensors="pt", padding=True, add_special_tokens=False).to(model.device)
     # SPEC §6 trap 1: every sampling parameter explicit, so the model's generation_config cannot leak in.
-    sequences = model.generate(**enc, do_sample=True, temperature=cfg.temperature, top_p=1.0, top_k=0,
-                               repetition_penalty=1.0, max_new_tokens=cfg.max_new_tokens,
-                               num_return_sequences=cfg.group_size, pad_token_id=tokenizer.pad_token_id,
+    sampling = dict(do_sample=True, temperature=temperature, top_p=1.0, top_k=0) if temperature > 0 else \
+        dict(do_sample=False)
+    sequences = model.generate(**enc, **sampling, repetition_penalty=1.0, max_new_tokens=max_new_tokens,
+                               num_return_sequences=num_samples, pad_token_id=tokenizer.pad_token_id,
                                eos_token_id=eos_ids(model, tokenizer), use_cache=True)
-    prompt_mask = enc.attention_mask.repeat_interleave(cfg.group_size, 0)
+    prompt_mask = enc.attention_mask.repeat_interleave(num_samples, 0)
     response_mask = make_response_mask(sequences[:, enc.input_ids.shape[1]:], eos_ids(model, tokenizer))
     return sequences, torch.cat([prompt_mask, response_mask], 1), response_mask
 
@@ -400,7 +424,7 @@ def train_on_batch(model, optimizer, batch, cfg):
     tensors from the rollout with old_logp / old_entropy / advantages / rewards. Returns mean stats."""
     B = len(batch["advantages"])
     autocast = torch.autocast("cuda", dtype=torch.bfloat16, enabled=model.device.type == "cuda")
-    history = []
+    history, bad_updates = [], 0
     for mb in torch.randperm(B).tensor_split(cfg.num_minibatches):
         if len(mb) == 0:
             continue
@@ -420,9 +444,13 @@ def train_on_batch(model, optimizer, batch, cfg):
             loss.backward()
             history.append(dict(stats, loss=loss.item()))
         grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.max_grad_norm)
-        optimizer.step()
+        if torch.isfinite(grad_norm):  # a NaN / inf loss or gradient: skip this update, keep the weights
+            optimizer.step()
+        else:
+            bad_updates += 1
         history[-1]["grad_norm"] = grad_norm.item()
-    return {k: sum(h[k] for h in history if k in h) / sum(k in h for h in history) for k in history[-1]}
+    stats = {k: sum(h[k] for h in history if k in h) / sum(k in h for h in history) for k in history[-1]}
+    return dict(stats, nonfinite_updates=bad_updates)
 
 
 # ================================================================== loop
@@ -441,31 +469,146 @@ def score_old_policy(model, batch, cfg):
     return torch.cat(logps), torch.cat(entropies)
 
 
+@torch.no_grad()
+def evaluate(model, tokenizer, data, cfg):
+    """Accuracy on held-out prompts: greedy, and avg@k (mean over k samples at --eval-temperature)."""
+    model.eval()
+    autocast = torch.autocast("cuda", dtype=torch.bfloat16, enabled=model.device.type == "cuda")
+    result = {}
+    for name, k, temperature in (("eval_greedy", 1, 0.0), (f"eval_avg@{cfg.eval_samples}", cfg.eval_samples,
+                                                           cfg.eval_temperature)):
+        correct = []
+        for start in range(0, len(data), cfg.prompts_per_step):
+            rows = data[start:start + cfg.prompts_per_step]
+            with autocast:
+                ids, _, response_mask = rollout(model, tokenizer, rows["prompt"], k, temperature, cfg.max_new_tokens)
+            texts = tokenizer.batch_decode(ids[:, -response_mask.shape[1]:], skip_special_tokens=True)
+            correct += [reward_fn(t, a) for t, a in zip(texts, [a for a in rows["answer"] for _ in range(k)])]
+        result[name] = sum(correct) / len(correct)
+    return result
+
+
+def save_checkpoint(cfg, step, model, tokenizer, optimizer, scheduler, order):
+    """OUT/checkpoint-STEP (save_pretrained model + tokenizer, trainer_state.pt), written under a temporary
+    name and renamed; then OUT/latest is replaced atomically. A crash mid-write leaves the previous one intact."""
+    name = f"checkpoint-{step}"
+    final, tmp = os.path.join(cfg.out, name), os.path.join(cfg.out, name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    model.save_pretrained(tmp)
+    tokenizer.save_pretrained(tmp)
+    torch.save(dict(step=step, optimizer=optimizer.state_dict(), scheduler=scheduler.state_dict(), order=order,
+                    rng=torch.get_rng_state(), cuda_rng=torch.cuda.get_rng_state_all()),
+               os.path.join(tmp, "trainer_state.pt"))
+    shutil.rmtree(final, ignore_errors=True)
+    os.replace(tmp, final)
+    with open(os.path.join(cfg.out, "latest.tmp"), "w") as f:
+        f.write(name)
+    os.replace(os.path.join(cfg.out, "latest.tmp"), os.path.join(cfg.out, "latest"))
+    for old in os.listdir(cfg.out):
+        if old.startswith("checkpoint-") and old != name:
+            shutil.rmtree(os.path.join(cfg.out, old))
+    return final
+
+
+def latest_checkpoint(out):
+    path = os.path.join(out, "latest")
+    return os.path.join(out, open(path).read().strip()) if os.path.exists(path) else None
+
+
+def plot_metrics(out):
+    """OUT/metrics.png: reward (and eval accuracy), entropy, clip fractions per step. Needs matplotlib."""
+    try:
+        import matplotlib
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        print("(pip install matplotlib to get OUT/metrics.png)")
+        return None
+    rows = [json.loads(line) for line in open(os.path.join(out, "metrics.jsonl"))]
+    steps = [r["step"] for r in rows]
+    fig, axes = plt.subplots(1, 3, figsize=(13, 3.4))
+    axes[0].plot(steps, [r["reward"] for r in rows], label="train reward", lw=1)
+    for key in sorted({k for r in rows for k in r if k.startswith("eval_")}):
+        points = [(r["step"], r[key]) for r in rows if key in r]
+        axes[0].plot(*zip(*points), "o-", label=key)
+    axes[1].plot(steps, [r["entropy"] for r in rows], lw=1)
+    axes[2].plot(steps, [r["clip_frac"] for r in rows], label="clip_frac", lw=1)
+    axes[2].plot(steps, [r["erc_clip_frac"] for r in rows], label="erc_clip_frac", lw=1)
+    for ax, title in zip(axes, ("reward / accuracy", "entropy (old policy)", "clipped token fraction")):
+        ax.set_title(title)
+        ax.set_xlabel("step")
+    axes[0].legend()
+    axes[2].legend()
+    fig.tight_layout()
+    path = os.path.join(out, "metrics.png")
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
+
+
 def setup(cfg):
-    """Model, tokenizer and data; every user-input problem surfaces here as a ValueError."""
+    """Model, tokenizer, train and eval data; every user-input problem surfaces here as a ValueError."""
+    metrics = os.path.join(cfg.out, "metrics.jsonl")
+    if cfg.resume and not latest_checkpoint(cfg.out):
+        raise ValueError(f"--resume: {cfg.out!r} has no checkpoint to resume from")
+    if os.path.exists(metrics) and not (cfg.resume or cfg.overwrite):
+        raise ValueError(f"--out {cfg.out!r} holds another run's metrics; add --resume to continue it or "
+                         "--overwrite to start over")
     torch.manual_seed(cfg.seed)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    model, tokenizer = load_model_and_tokenizer(cfg, device)
-    return model, tokenizer, load_data(cfg, tokenizer)
+    # on --resume, weights and tokenizer come from the checkpoint (the config from OUT/config.json, see main)
+    model, tokenizer = load_model_and_tokenizer(latest_checkpoint(cfg.out) if cfg.resume else cfg.model, device)
+    eval_data = load_data(cfg, tokenizer, split="test") if cfg.eval_every else None
+    return model, tokenizer, load_data(cfg, tokenizer), eval_data
 
 
-def train(cfg, model, tokenizer, data):
+def train(cfg, model, tokenizer, data, eval_data=None):
     device = model.device
     optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: min(1.0, (step + 1) / (cfg.warmup_steps + 1)))
     os.makedirs(cfg.out, exist_ok=True)
-    metrics_file = open(os.path.join(cfg.out, "metrics.jsonl"), "w")
-    order = []
-    progress = tqdm(range(cfg.steps), desc=f"{cfg.algo}{'+erc' if cfg.erc else ''}", dynamic_ncols=True)
+    metrics_path = os.path.join(cfg.out, "metrics.jsonl")
+    start, order, history = 0, [], []
+    if cfg.resume:  # continue bit for bit: optimizer, scheduler, data order and RNG as they were saved
+        state = torch.load(os.path.join(latest_checkpoint(cfg.out), "trainer_state.pt"), weights_only=False)
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        start, order = state["step"], state["order"]
+        torch.set_rng_state(state["rng"])
+        torch.cuda.set_rng_state_all(state["cuda_rng"])
+        history = [json.loads(line) for line in open(metrics_path)]
+        history = [r for r in history if r["step"] < start]  # steps after the checkpoint will be redone
+    else:  # a fresh run: drop checkpoints an earlier run (--overwrite) left in OUT
+        for name in os.listdir(cfg.out):
+            if name.startswith("checkpoint-"):
+                shutil.rmtree(os.path.join(cfg.out, name))
+            elif name == "latest":
+                os.remove(os.path.join(cfg.out, name))
+    with open(os.path.join(cfg.out, "config.json"), "w") as f:
+        json.dump(dataclasses.asdict(cfg), f, indent=1)
+    with open(metrics_path, "w") as f:
+        f.writelines(json.dumps(r) + "\n" for r in history)
+
+    stop = []  # Ctrl-C / SIGTERM: finish the current step, save, exit 0; a second Ctrl-C aborts at once
+    def request_stop(signum, frame):
+        stop.append(signum)
+        signal.signal(signal.SIGINT, signal.SIG_DFL)
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, request_stop)
+
+    bad_steps, warned, t_start = 0, False, time.time()
+    progress = tqdm(range(start, cfg.steps), initial=start, total=cfg.steps, dynamic_ncols=True,
+                    desc=f"{cfg.algo}{'+erc' if cfg.erc else ''}")
     for step in progress:
         # --- rollout and reward
-        if len(order) < cfg.prompts_per_step:
+        while len(order) < cfg.prompts_per_step:  # epochs of shuffled prompts
             order += torch.randperm(len(data)).tolist()
         rows = data[[order.pop() for _ in range(cfg.prompts_per_step)]]
         t0 = time.time()
         model.eval()
         with torch.autocast("cuda", dtype=torch.bfloat16, enabled=device.type == "cuda"):
-            input_ids, attention_mask, response_mask = rollout(model, tokenizer, rows["prompt"], cfg)
+            input_ids, attention_mask, response_mask = rollout(model, tokenizer, rows["prompt"], cfg.group_size,
+                                                               cfg.temperature, cfg.max_new_tokens)
         completions = tokenizer.batch_decode(input_ids[:, -response_mask.shape[1]:], skip_special_tokens=True)
         answers = [a for a in rows["answer"] for _ in range(cfg.group_size)]
         rewards = torch.tensor([reward_fn(c, a) for c, a in zip(completions, answers)], device=device)
@@ -492,39 +635,77 @@ def train(cfg, model, tokenizer, data):
                       grad_norm=stats.get("grad_norm", 0.0), loss=stats.get("loss", 0.0),
                       response_len=response_mask.sum(1).float().mean().item(),
                       kept_groups=int(keep.sum()) // cfg.group_size, skipped=int(not keep.any()),
-                      lr=scheduler.get_last_lr()[0], gen_time=gen_time, train_time=time.time() - t0)
-        metrics_file.write(json.dumps(record) + "\n")
-        metrics_file.flush()
+                      nonfinite_updates=stats.get("nonfinite_updates", 0), lr=scheduler.get_last_lr()[0],
+                      gen_time=gen_time, train_time=time.time() - t0)
+
+        # --- plumbing: non-finite guard, evaluation, logging, checkpoints
+        bad_steps = bad_steps + 1 if record["nonfinite_updates"] else 0
+        if bad_steps and not warned:
+            tqdm.write(f"warning: step {step}: non-finite loss or gradient, update skipped (warned once)")
+            warned = True
+        if cfg.eval_every and ((step + 1) % cfg.eval_every == 0 or step + 1 == cfg.steps):
+            record.update(evaluate(model, tokenizer, eval_data, cfg))
+        history.append(record)
+        with open(metrics_path, "a") as f:
+            f.write(json.dumps(record) + "\n")
         progress.set_postfix(reward=f"{record['reward']:.2f}", entropy=f"{record['entropy']:.2f}")
         tqdm.write(" ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in record.items()))
-    metrics_file.close()
-    return record
+        if bad_steps >= cfg.max_bad_steps:
+            raise SystemExit(f"erc_minimal: stopped at step {step}: {bad_steps} consecutive steps with a non-finite "
+                             "loss or gradient (try a lower --lr)")
+        done = step + 1 == cfg.steps
+        if stop or done or (cfg.save_every and (step + 1) % cfg.save_every == 0):
+            path = save_checkpoint(cfg, step + 1, model, tokenizer, optimizer, scheduler, order)
+        if stop:
+            print(f"interrupted after step {step}: saved {path}; continue with --out {cfg.out} --resume")
+            return history
+    progress.close()
+    if history:  # end-of-run summary: means over the first and last 10 steps
+        first, last = history[:10], history[-10:]
+        print(f"done: {cfg.steps} steps, {time.time() - t_start:.0f} s this session")
+        for key in ("reward", "entropy", "erc_clip_frac"):
+            start_mean, end_mean = (sum(r[key] for r in rows) / len(rows) for rows in (first, last))
+            print(f"  {key}: {start_mean:.3f} -> {end_mean:.3f}")
+        for key, value in history[-1].items():
+            if key.startswith("eval_"):
+                print(f"  {key}: {value:.3f}")
+        print(f"  metrics {metrics_path}, checkpoint {latest_checkpoint(cfg.out)}, plot {plot_metrics(cfg.out)}")
+    return history
 
 
 # ================================================================== main
 def parse_args(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    """Only the flags actually given (so that --resume can tell them from OUT/config.json's values)."""
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
+                                     argument_default=argparse.SUPPRESS)
     for f in dataclasses.fields(Config):
         flag, meta = "--" + f.name.replace("_", "-"), f.metadata
         if f.type is bool and f.default is False:
             parser.add_argument(flag, action="store_true", help=meta["help"])
         elif f.type is bool:
-            parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=None, help=meta["help"])
+            parser.add_argument(flag, action=argparse.BooleanOptionalAction, help=meta["help"])
         else:
             default = f" (default: {f.default})" if f.default is not None else ""
-            parser.add_argument(flag, type=meta["type"] or type(f.default), default=f.default,
-                                help=meta["help"] + default)
-    return parser.parse_args(argv)
+            parser.add_argument(flag, type=meta["type"] or type(f.default), help=meta["help"] + default)
+    return vars(parser.parse_args(argv))
 
 
 def main(argv=None):
+    argv = sys.argv[1:] if argv is None else argv
+    disable_progress_bars()  # datasets' per-map bars; the training bar is ours
+    if argv[:1] == ["plot"]:  # python erc_minimal.py plot OUT
+        return print(plot_metrics(argv[1]) if len(argv) == 2 else "usage: erc_minimal.py plot OUT")
     try:
-        cfg = Config(**vars(parse_args(argv)))
-        model, tokenizer, data = setup(cfg)
+        given = parse_args(argv)
+        saved = os.path.join(given.get("out", Config.out), "config.json")
+        if given.get("resume") and os.path.exists(saved):
+            given = {**json.load(open(saved)), **given, "overwrite": False}
+        cfg = Config(**given)
+        model, tokenizer, data, eval_data = setup(cfg)
     except ValueError as e:  # bad input: one line, exit 2, no traceback
         print(f"erc_minimal: error: {e}", file=sys.stderr)
         sys.exit(2)
-    return train(cfg, model, tokenizer, data)
+    return train(cfg, model, tokenizer, data, eval_data)
 
 
 if __name__ == "__main__":

@@ -2,6 +2,8 @@
 the function under test. Run: python -m pytest -q test_erc_minimal.py"""
 import json
 import math
+import os
+import signal
 
 import pytest
 import torch
@@ -244,7 +246,7 @@ def test_step_with_every_group_dropped_skips_the_update(tmp_path, monkeypatch):
     """dapo with all rewards equal: dynamic sampling drops everything, the update is skipped, weights stay."""
     monkeypatch.setattr(E, "reward_fn", lambda completion, answer: 1.0)
     cfg = E.Config(preset="tiny", algo="dapo", steps=2, prompts_per_step=4, out=str(tmp_path))
-    model, tokenizer, data = E.setup(cfg)
+    model, tokenizer, data, _ = E.setup(cfg)
     before = [p.detach().clone() for p in model.parameters()]
     E.train(cfg, model, tokenizer, data)
     rows = [json.loads(line) for line in open(tmp_path / "metrics.jsonl")]
@@ -370,7 +372,8 @@ def test_rollout_logp_match_generation_logits_with_leaky_generation_config():
 
     model.generate = generate_with_scores
     torch.manual_seed(0)
-    ids, attention, response_mask = E.rollout(model, tok, ["1+2=", "13+4+2=", "3="], cfg)
+    ids, attention, response_mask = E.rollout(model, tok, ["1+2=", "13+4+2=", "3="], num_samples=cfg.group_size,
+                                              temperature=cfg.temperature, max_new_tokens=cfg.max_new_tokens)
     assert (attention[:, 0] == 0).any() and (response_mask == 0).any()  # padding on both sides really occurs
     gen_logp_all = captured["scores"].log_softmax(-1)
     targets = ids[:, -response_mask.shape[1]:]
@@ -388,7 +391,8 @@ def test_first_minibatch_sees_ratio_one():
     model, tok = tiny_model_and_tokenizer(seed=5)
     cfg = E.Config(preset="tiny", group_size=4, max_new_tokens=4, micro_batch_size=8)
     torch.manual_seed(1)
-    ids, attention, response_mask = E.rollout(model, tok, ["1+2=", "3+4=", "12+1=", "2+2="], cfg)
+    ids, attention, response_mask = E.rollout(model, tok, ["1+2=", "3+4=", "12+1=", "2+2="], num_samples=4,
+                                              temperature=1.0, max_new_tokens=4)
     batch = dict(input_ids=ids, attention_mask=attention, response_mask=response_mask)
     old_logp, old_entropy = E.score_old_policy(model, batch, cfg)
     model.train()
@@ -414,3 +418,120 @@ def test_tiny_preset_learns_gppo_erc(tmp_path):
     last = sum(r["reward"] for r in rows[-20:]) / 20
     assert first < 0.2 and last >= 0.8
     assert any(r["erc_clip_frac"] > 0 for r in rows)  # ERC really acted after the first mini-batch
+
+
+# ------------------------------------------------------------------ reliability: bad input, interruption, resume
+def tiny_argv(out, *extra):
+    return ["--preset", "tiny", "--out", str(out), *extra]
+
+
+@pytest.mark.parametrize("extra,expected", [
+    (["--algo", "ppo"], "unknown --algo"),
+    (["--eps-low", "0"], "--eps-low"),
+    (["--eps-low", "1.5"], "--eps-low"),
+    (["--eps-high", "-0.1"], "--eps-high"),
+    (["--clip-c", "1"], "--clip-c"),
+    (["--erc", "--erc-low", "1.1", "--erc-high", "1.05"], "--erc-low"),
+    (["--erc-low", "0"], "--erc-low"),
+    (["--beta2", "-1"], "--beta1/--beta2"),
+    (["--group-size", "1"], "--group-size"),
+    (["--steps", "0"], "must be > 0"),
+    (["--prompts-per-step", "-4"], "must be > 0"),
+    (["--max-new-tokens", "0"], "must be > 0"),
+    (["--num-minibatches", "3"], "must divide the rollout batch"),
+    (["--dataset", "/nonexistent/data.jsonl"], "does not exist"),
+    (["--model", "/nonexistent/model"], "--preset tiny"),
+])
+def test_bad_input_is_one_line_exit_2(tmp_path, capsys, extra, expected):
+    with pytest.raises(SystemExit) as exit_info:
+        E.main(tiny_argv(tmp_path / "run", *extra))
+    err = capsys.readouterr().err.strip()
+    assert exit_info.value.code == 2 and len(err.splitlines()) == 1 and expected in err, err
+    assert not (tmp_path / "run" / "metrics.jsonl").exists()  # nothing half-written
+
+
+def test_dataset_without_the_field_names_its_fields(tmp_path, capsys):
+    data = tmp_path / "data.jsonl"
+    data.write_text('{"problem": "1+1=", "solution": "2"}\n')
+    with pytest.raises(SystemExit):
+        E.main(tiny_argv(tmp_path / "run", "--dataset", str(data), "--prompt-field", "problem"))
+    err = capsys.readouterr().err
+    assert "no field 'answer'" in err and "problem" in err and "solution" in err
+
+
+def test_local_dataset_file_trains(tmp_path):
+    data = tmp_path / "data.jsonl"
+    data.write_text("".join(f'{{"q": "{a}+{b}=", "a": "#### {a + b}"}}\n' for a in range(5) for b in range(5)))
+    rows = E.main(tiny_argv(tmp_path / "run", "--dataset", str(data), "--prompt-field", "q", "--answer-field", "a",
+                            "--steps", "2"))
+    assert len(rows) == 2 and rows[0]["reward"] > 0  # '#### 7' was parsed to the gold answer '7'
+
+
+def test_out_with_another_run_is_refused(tmp_path, capsys):
+    E.main(tiny_argv(tmp_path, "--steps", "1"))
+    with pytest.raises(SystemExit) as exit_info:
+        E.main(tiny_argv(tmp_path, "--steps", "1"))
+    assert exit_info.value.code == 2 and "--overwrite" in capsys.readouterr().err
+    assert len(E.main(tiny_argv(tmp_path, "--steps", "2", "--overwrite"))) == 2
+
+
+def comparable(rows):
+    return [{k: v for k, v in r.items() if not k.endswith("_time")} for r in rows]
+
+
+def test_interrupted_and_resumed_run_matches_uninterrupted(tmp_path, monkeypatch, capsys):
+    """SIGINT during step 15 finishes that step, saves, returns; --resume continues bit for bit on CPU."""
+    argv = ["--steps", "30", "--save-every", "10", "--eval-every", "10", "--eval-prompts", "8"]
+    whole = E.main(tiny_argv(tmp_path / "whole", *argv))
+
+    calls = {"n": 0}
+    group_advantages = E.group_advantages
+
+    def advantages_then_interrupt(rewards, group_size):  # called once per training step
+        calls["n"] += 1
+        if calls["n"] == 16:  # during step 15
+            os.kill(os.getpid(), signal.SIGINT)
+        return group_advantages(rewards, group_size)
+
+    monkeypatch.setattr(E, "group_advantages", advantages_then_interrupt)
+    first = E.main(tiny_argv(tmp_path / "cut", *argv))
+    assert len(first) == 16 and "interrupted after step 15" in capsys.readouterr().out
+    assert open(tmp_path / "cut" / "latest").read() == "checkpoint-16"
+    monkeypatch.setattr(E, "group_advantages", group_advantages)
+    resumed = E.main(["--out", str(tmp_path / "cut"), "--resume"])
+    assert comparable(resumed) == comparable(whole)
+    on_disk = [json.loads(line) for line in open(tmp_path / "cut" / "metrics.jsonl")]
+    assert [r["step"] for r in on_disk] == list(range(30))
+    a = E.AutoModelForCausalLM.from_pretrained(tmp_path / "whole" / "checkpoint-30")
+    b = E.AutoModelForCausalLM.from_pretrained(tmp_path / "cut" / "checkpoint-30")
+    assert all(torch.equal(p, q) for p, q in zip(a.parameters(), b.parameters()))
+
+
+def test_nonfinite_updates_are_skipped_then_the_run_stops(tmp_path, monkeypatch, capsys):
+    policy_loss = E.policy_loss
+
+    def nan_loss(*args, **kwargs):
+        loss, stats = policy_loss(*args, **kwargs)
+        return loss * float("nan"), stats
+
+    monkeypatch.setattr(E, "policy_loss", nan_loss)
+    cfg = E.Config(preset="tiny", steps=10, max_bad_steps=3, out=str(tmp_path))
+    model, tokenizer, data, _ = E.setup(cfg)
+    before = [p.detach().clone() for p in model.parameters()]
+    with pytest.raises(SystemExit, match="3 consecutive steps with a non-finite"):
+        E.train(cfg, model, tokenizer, data)
+    rows = [json.loads(line) for line in open(tmp_path / "metrics.jsonl")]
+    assert [r["nonfinite_updates"] for r in rows] == [cfg.num_minibatches] * 3
+    assert all(torch.equal(p, q) for p, q in zip(before, model.parameters()))
+    assert capsys.readouterr().out.count("warning: step") == 1  # warned once
+
+
+def test_checkpoint_loads_with_from_pretrained_and_plot_command(tmp_path):
+    pytest.importorskip("matplotlib", reason="the plot needs matplotlib (optional)")
+    E.main(tiny_argv(tmp_path, "--steps", "2"))
+    model = E.AutoModelForCausalLM.from_pretrained(tmp_path / "checkpoint-2")
+    tokenizer = E.AutoTokenizer.from_pretrained(tmp_path / "checkpoint-2")
+    assert tokenizer.decode(tokenizer("12+3=").input_ids) == "12+3=" and model.config.vocab_size == len(tokenizer)
+    os.remove(tmp_path / "metrics.png")
+    E.main(["plot", str(tmp_path)])
+    assert (tmp_path / "metrics.png").stat().st_size > 10_000

@@ -25,7 +25,7 @@ def run_one(args, algo, erc, seed):
     metrics = os.path.join(out, "metrics.jsonl")
     if not (os.path.exists(metrics) and sum(1 for _ in open(metrics)) == args.steps):
         cmd = [sys.executable, os.path.join(ROOT, "erc_minimal.py"), "--preset", "tiny", "--algo", algo,
-               "--seed", str(seed), "--lr", str(args.lr), "--steps", str(args.steps), "--out", out]
+               "--seed", str(seed), "--lr", str(args.lr), "--steps", str(args.steps), "--out", out, "--overwrite"]
         subprocess.run(cmd + (["--erc"] if erc else []), check=True, capture_output=True,
                        env={**os.environ, "OMP_NUM_THREADS": "1"})
     return [json.loads(line) for line in open(metrics)]
