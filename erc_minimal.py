@@ -562,7 +562,8 @@ def setup(cfg):
     return model, tokenizer, load_data(cfg, tokenizer), eval_data
 
 
-def train(cfg, model, tokenizer, data, eval_data=None):
+def train(cfg, model, tokenizer, data, eval_data=None, stop=()):
+    """The loop. `stop` becomes non-empty when the run should save and return (main's signal handler)."""
     device = model.device
     optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: min(1.0, (step + 1) / (cfg.warmup_steps + 1)))
@@ -586,15 +587,9 @@ def train(cfg, model, tokenizer, data, eval_data=None):
                 os.remove(os.path.join(cfg.out, name))
     with open(os.path.join(cfg.out, "config.json"), "w") as f:
         json.dump(dataclasses.asdict(cfg), f, indent=1)
-    with open(metrics_path, "w") as f:
+    with open(metrics_path + ".tmp", "w") as f:  # replaced atomically: a crash here loses no saved line
         f.writelines(json.dumps(r) + "\n" for r in history)
-
-    stop = []  # Ctrl-C / SIGTERM: finish the current step, save, exit 0; a second Ctrl-C aborts at once
-    def request_stop(signum, frame):
-        stop.append(signum)
-        signal.signal(signal.SIGINT, signal.SIG_DFL)
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(sig, request_stop)
+    os.replace(metrics_path + ".tmp", metrics_path)
 
     bad_steps, warned, t_start = 0, False, time.time()
     progress = tqdm(range(start, cfg.steps), initial=start, total=cfg.steps, dynamic_ncols=True,
@@ -705,7 +700,18 @@ def main(argv=None):
     except ValueError as e:  # bad input: one line, exit 2, no traceback
         print(f"erc_minimal: error: {e}", file=sys.stderr)
         sys.exit(2)
-    return train(cfg, model, tokenizer, data, eval_data)
+    stop = []  # Ctrl-C / SIGTERM: finish the current step, save, exit 0; a second Ctrl-C aborts at once
+
+    def request_stop(signum, frame):
+        stop.append(signum)
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+
+    previous = {sig: signal.signal(sig, request_stop) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        return train(cfg, model, tokenizer, data, eval_data, stop)
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
 
 
 if __name__ == "__main__":
