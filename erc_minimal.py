@@ -682,6 +682,10 @@ def parse_args(argv=None):
         else:
             default = f" (default: {f.default})" if f.default is not None else ""
             parser.add_argument(flag, type=meta["type"] or type(f.default), help=meta["help"] + default)
+    def one_line_error(message):  # argparse's own errors too: main prints them as one line, exit 2
+        raise ValueError(f"{message} (see --help)")
+
+    parser.error = one_line_error
     return vars(parser.parse_args(argv))
 
 

@@ -441,6 +441,8 @@ def tiny_argv(out, *extra):
     (["--num-minibatches", "3"], "must divide the rollout batch"),
     (["--dataset", "/nonexistent/data.jsonl"], "does not exist"),
     (["--model", "/nonexistent/model"], "--preset tiny"),
+    (["--steps", "abc"], "invalid int value"),
+    (["--ercc"], "unrecognized arguments"),
 ])
 def test_bad_input_is_one_line_exit_2(tmp_path, capsys, extra, expected):
     with pytest.raises(SystemExit) as exit_info:
