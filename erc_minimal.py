@@ -25,7 +25,6 @@ from dataclasses import dataclass, field
 from fractions import Fraction
 
 import torch
-from torch.utils.checkpoint import checkpoint
 from tqdm.auto import tqdm
 from datasets import Dataset, disable_progress_bars, load_dataset
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedTokenizerFast, Qwen2Config, Qwen2ForCausalLM
@@ -86,7 +85,8 @@ class Config:
                                 "mini-batch", type=int)
     max_new_tokens: int = arg(None, "max completion length", type=int)
     temperature: float = arg(1.0, "sampling temperature; log-probs and entropies use the same T")
-    logprob_chunk: int = arg(1024, "response tokens per chunk of the output layer (bounds logits memory)")
+    logprob_chunk: int = arg(512, "response tokens per chunk of the output layer (bounds logits memory)")
+    gradient_checkpointing: bool = arg(False, "recompute the layers' activations in backward (less memory, slower)")
     # --- optimiser (released recipes: AdamW, lr 1e-6, 10 warm-up steps, wd 0.1, grad clip 1.0)
     lr: float = arg(None, "learning rate", type=float)
     warmup_steps: int = arg(None, "linear learning-rate warm-up, in training steps with an update", type=int)
@@ -300,21 +300,46 @@ def make_response_mask(completion_ids, eos_ids):
 
 
 # ================================================================== log-probs and entropies
-def logp_and_entropy_chunk(lm_head, hidden, targets, temperature):
-    """hidden [N, H], targets [N] -> log p(target) [N] (with grad) and entropy [N] (no grad), from
-    softmax(logits / T) over the whole vocabulary (SPEC §4, §6 trap 2). Holds one [N, V] float32 block."""
-    logp_all = (lm_head(hidden).float() / temperature).log_softmax(-1)  # [N, V]
-    token_logp = logp_all.gather(-1, targets[:, None]).squeeze(-1)
-    with torch.no_grad():
-        entropy = -(logp_all.exp() * logp_all).sum(-1)
-    return token_logp, entropy
+class TokenLogpAndEntropy(torch.autograd.Function):
+    """log p(target) (with gradient) and entropy (without, SPEC §4) of softmax(hidden @ W.T / T) over the whole
+    vocabulary (SPEC §6 trap 2), `chunk` tokens at a time. Backward recomputes each chunk's logits, so memory
+    holds one [chunk, V] float32 block at a time, never [N, V] (SPEC §6 trap 7). Plumbing: no need to touch."""
+
+    @staticmethod
+    @torch.amp.custom_fwd(device_type="cuda")
+    def forward(ctx, hidden, weight, targets, temperature, chunk):  # hidden [N, H], weight [V, H], targets [N]
+        logps, entropies, lses = [], [], []
+        for h, y in zip(hidden.split(chunk), targets.split(chunk)):
+            logits = (h @ weight.T).float() / temperature  # [chunk, V]
+            lse = logits.logsumexp(-1)
+            logps.append(logits.gather(-1, y[:, None]).squeeze(-1) - lse)
+            probs = (logits - lse[:, None]).exp_()
+            entropies.append(lse - probs.mul_(logits).sum(-1))  # H = -sum p log p = lse - sum p * logit
+            lses.append(lse)
+        ctx.save_for_backward(hidden, weight, targets, torch.cat(lses))
+        ctx.temperature, ctx.chunk = temperature, chunk
+        return torch.cat(logps), torch.cat(entropies)
+
+    @staticmethod
+    @torch.amp.custom_bwd(device_type="cuda")
+    def backward(ctx, grad_logp, grad_entropy):
+        hidden, weight, targets, lse = ctx.saved_tensors
+        grad_hidden, grad_weight = torch.empty_like(hidden), torch.zeros_like(weight, dtype=torch.float32)
+        for i in range(0, len(hidden), ctx.chunk):
+            h, y, g = hidden[i:i + ctx.chunk], targets[i:i + ctx.chunk], grad_logp[i:i + ctx.chunk]
+            logits = (h @ weight.T).float() / ctx.temperature
+            grad_logits = -(logits - lse[i:i + ctx.chunk, None]).exp_()  # d logp(y) / d logits = onehot(y) - p
+            grad_logits.scatter_add_(-1, y[:, None], torch.ones_like(g[:, None]))
+            grad_logits = (grad_logits * (g[:, None] / ctx.temperature)).to(h.dtype)
+            grad_hidden[i:i + ctx.chunk] = grad_logits @ weight.to(h.dtype)
+            grad_weight += (grad_logits.T @ h).float()
+        return grad_hidden, grad_weight.to(weight.dtype), None, None, None
 
 
 def logp_and_entropy(model, input_ids, attention_mask, response_mask, temperature, chunk):
     """Log-prob of every response token and the full-vocabulary entropy at its position, both [B, T]
-    (0 where response_mask is 0). The output layer runs on `chunk` response tokens at a time and, with
-    autograd on, is recomputed in backward (checkpoint): memory grows with the hidden states
-    [B, P+T, H] and one [chunk, V] float32 block, never with B x T x V."""
+    (0 where response_mask is 0). The output layer runs on response tokens only, `chunk` at a time: memory grows
+    with the hidden states [B, P+T, H] and one [chunk, V] float32 block, never with B x T x V."""
     # SPEC §6 trap 3: with left padding, positions count from each row's first real token.
     position_ids = (attention_mask.cumsum(1) - 1).clamp(min=0)
     hidden = model.base_model(input_ids=input_ids, attention_mask=attention_mask,
@@ -323,16 +348,10 @@ def logp_and_entropy(model, input_ids, attention_mask, response_mask, temperatur
     valid = response_mask.bool()
     hidden = hidden[:, n_prompt - 1:-1][valid]  # [N, H]: the positions that predict real response tokens
     targets = input_ids[:, n_prompt:][valid]  # [N]
-    lm_head, logps, entropies = model.get_output_embeddings(), [], []
-    for h, y in zip(hidden.split(chunk), targets.split(chunk)):
-        if torch.is_grad_enabled():
-            lp, ent = checkpoint(logp_and_entropy_chunk, lm_head, h, y, temperature, use_reentrant=False)
-        else:
-            lp, ent = logp_and_entropy_chunk(lm_head, h, y, temperature)
-        logps.append(lp)
-        entropies.append(ent)
+    lm_head = model.get_output_embeddings()  # no bias in Qwen / Llama output layers
+    logp, entropy = TokenLogpAndEntropy.apply(hidden, lm_head.weight, targets, temperature, chunk)
     zeros = torch.zeros(response_mask.shape, device=input_ids.device)
-    return zeros.masked_scatter(valid, torch.cat(logps)), zeros.masked_scatter(valid, torch.cat(entropies))
+    return zeros.masked_scatter(valid, logp), zeros.masked_scatter(valid, entropy)
 
 
 # ================================================================== advantages
@@ -558,6 +577,8 @@ def setup(cfg):
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     # on --resume, weights and tokenizer come from the checkpoint (the config from OUT/config.json, see main)
     model, tokenizer = load_model_and_tokenizer(latest_checkpoint(cfg.out) if cfg.resume else cfg.model, device)
+    if cfg.gradient_checkpointing:
+        model.gradient_checkpointing_enable()
     eval_data = load_data(cfg, tokenizer, split="test") if cfg.eval_every else None
     return model, tokenizer, load_data(cfg, tokenizer), eval_data
 
@@ -565,7 +586,7 @@ def setup(cfg):
 def train(cfg, model, tokenizer, data, eval_data=None, stop=()):
     """The loop. `stop` becomes non-empty when the run should save and return (main's signal handler)."""
     device = model.device
-    optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay, fused=True)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: min(1.0, (step + 1) / (cfg.warmup_steps + 1)))
     os.makedirs(cfg.out, exist_ok=True)
     metrics_path = os.path.join(cfg.out, "metrics.jsonl")

@@ -355,6 +355,27 @@ def test_chunked_logp_entropy_equal_naive_float64():
     assert (ent[response_mask.bool()] > 0).all() and (logp[response_mask == 0] == 0).all()
 
 
+def test_chunked_logp_gradient_equals_naive_autograd():
+    """The hand-written backward of TokenLogpAndEntropy against autograd through a naive float64 log_softmax."""
+    g = torch.Generator().manual_seed(6)
+    hidden = torch.randn(10, 8, generator=g, dtype=torch.float64, requires_grad=True)
+    weight = torch.randn(37, 8, generator=g, dtype=torch.float64, requires_grad=True)
+    targets = torch.randint(0, 37, (10,), generator=g)
+    upstream = torch.randn(10, generator=g, dtype=torch.float64)
+    logp, entropy = E.TokenLogpAndEntropy.apply(hidden, weight, targets, 0.7, 3)  # 4 chunks of <= 3 tokens
+    (logp * upstream).sum().backward()
+    grads = hidden.grad.clone(), weight.grad.clone()
+    hidden.grad = weight.grad = None
+    logp_all = (hidden @ weight.T / 0.7).log_softmax(-1)
+    naive_logp = logp_all.gather(-1, targets[:, None]).squeeze(-1)
+    (naive_logp * upstream).sum().backward()
+    close = dict(rtol=1e-5, atol=1e-6, check_dtype=False)  # the function works in float32 internally
+    torch.testing.assert_close(logp, naive_logp.detach(), **close)
+    torch.testing.assert_close(entropy, -(logp_all.exp() * logp_all).sum(-1).detach(), **close)
+    torch.testing.assert_close(grads[0], hidden.grad, **close)
+    torch.testing.assert_close(grads[1], weight.grad, **close)
+
+
 def test_rollout_logp_match_generation_logits_with_leaky_generation_config():
     """The scoring forward reproduces the sampler: log_softmax(scores) of generate at the sampled tokens, with
     left padding of different lengths, T != 1 and a generation_config full of top_k / top_p / penalties."""
