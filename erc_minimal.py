@@ -426,8 +426,7 @@ def policy_loss(logp, old_logp, advantages, response_mask, cfg, entropy=None, ol
         loss = (loss_tok * mask).sum() / (denom or mask.sum().clamp(min=1))
     n_valid = mask.sum().clamp(min=1)
     stats = dict(clip_frac=((clipped * mask).sum() / n_valid).item(),
-                 erc_clip_frac=((erc_clipped * mask).sum() / n_valid).item(),
-                 ratio_mean=((r * mask).sum() / n_valid).item())
+                 erc_clip_frac=((erc_clipped * mask).sum() / n_valid).item())
     return loss, stats
 
 

@@ -1,6 +1,6 @@
 """Mutation check: change one line of a formula in erc_minimal.py and confirm the test suite turns red.
 
-    python experiments/mutations.py            # every mutation, about 7 minutes on 2 CPU cores
+    python experiments/mutations.py            # every mutation, about 15 minutes on 2 CPU cores
     python experiments/mutations.py erc gspo   # only those whose name contains one of these words
 
 Each mutation is applied to a copy of erc_minimal.py in a temporary folder, the unit tests run there
@@ -74,7 +74,7 @@ MUTATIONS = [
      "hidden = model.base_model(input_ids=input_ids, attention_mask=attention_mask,",
      "hidden = model.base_model(input_ids=input_ids, attention_mask=None,"),
     ("rollout: top_k not overridden",
-     "top_p=1.0, top_k=0,", "top_p=1.0,"),
+     "top_p=1.0, top_k=0)", "top_p=1.0)"),
     ("rollout: repetition penalty not overridden",
      "repetition_penalty=1.0, max_new_tokens", "max_new_tokens"),
     ("reward: unparsable gold may score",
