@@ -1,7 +1,7 @@
 """The papers' entropy story on the tiny preset: every algorithm, with and without ERC, over several seeds.
 
     pip install matplotlib
-    python experiments/entropy_story.py                  # 6 algos x {off, on} x 3 seeds, ~8 min on 2 cores
+    python experiments/entropy_story.py                  # 6 algos x {off, on} x 3 seeds, ~12 min on 2 cores
 
 Trains `erc_minimal.py --preset tiny` at a learning rate 3.3x the preset's (1e-3 instead of 3e-4, 200 steps),
 where updates are large enough for entropy to collapse before the task is learned. Writes, under --out:
