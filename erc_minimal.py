@@ -431,6 +431,11 @@ def policy_loss(logp, old_logp, advantages, response_mask, cfg, entropy=None, ol
 
 
 # ================================================================== update
+def bf16_autocast(device):
+    """bf16 autocast on GPU (fp32 master weights); a no-op on CPU."""
+    return torch.autocast("cuda", dtype=torch.bfloat16, enabled=device.type == "cuda")
+
+
 def sft_loss(logp, response_mask, rewards, denom):
     """Klear-Reasoner §3.2.3: token-mean NLL of the correct responses (not gated by ERC)."""
     correct = response_mask * (rewards[:, None] > 0)
@@ -441,7 +446,6 @@ def train_on_batch(model, optimizer, batch, cfg):
     """num_minibatches optimizer steps on one rollout batch (one epoch, shuffled). batch: dict of [B, ...]
     tensors from the rollout with old_logp / old_entropy / advantages / rewards. Returns mean stats."""
     B = len(batch["advantages"])
-    autocast = torch.autocast("cuda", dtype=torch.bfloat16, enabled=model.device.type == "cuda")
     history, bad_updates = [], 0
     for mb in torch.randperm(B).tensor_split(cfg.num_minibatches):
         if len(mb) == 0:
@@ -452,7 +456,7 @@ def train_on_batch(model, optimizer, batch, cfg):
         optimizer.zero_grad(set_to_none=True)
         for micro in mb.split(cfg.micro_batch_size or len(mb)):
             b = {k: v[micro] for k, v in batch.items()}
-            with autocast:
+            with bf16_autocast(model.device):
                 logp, entropy = logp_and_entropy(model, b["input_ids"], b["attention_mask"], b["response_mask"],
                                                  cfg.temperature, cfg.logprob_chunk)
             loss, stats = policy_loss(logp, b["old_logp"], b["advantages"], b["response_mask"], cfg,
@@ -476,10 +480,9 @@ def train_on_batch(model, optimizer, batch, cfg):
 def score_old_policy(model, batch, cfg):
     """old_logp and old_entropy [B, T] with the pre-update weights, without autograd (SPEC §4)."""
     model.eval()
-    autocast = torch.autocast("cuda", dtype=torch.bfloat16, enabled=model.device.type == "cuda")
     logps, entropies = [], []
     for micro in torch.arange(len(batch["input_ids"])).split(cfg.micro_batch_size or len(batch["input_ids"])):
-        with autocast:
+        with bf16_autocast(model.device):
             lp, ent = logp_and_entropy(model, batch["input_ids"][micro], batch["attention_mask"][micro],
                                        batch["response_mask"][micro], cfg.temperature, cfg.logprob_chunk)
         logps.append(lp)
@@ -491,14 +494,13 @@ def score_old_policy(model, batch, cfg):
 def evaluate(model, tokenizer, data, cfg):
     """Accuracy on held-out prompts: greedy, and avg@k (mean over k samples at --eval-temperature)."""
     model.eval()
-    autocast = torch.autocast("cuda", dtype=torch.bfloat16, enabled=model.device.type == "cuda")
     result = {}
     for name, k, temperature in (("eval_greedy", 1, 0.0), (f"eval_avg@{cfg.eval_samples}", cfg.eval_samples,
                                                            cfg.eval_temperature)):
         correct = []
         for start in range(0, len(data), cfg.prompts_per_step):
             rows = data[start:start + cfg.prompts_per_step]
-            with autocast:
+            with bf16_autocast(model.device):
                 ids, _, response_mask = rollout(model, tokenizer, rows["prompt"], k, temperature, cfg.max_new_tokens)
             texts = tokenizer.batch_decode(ids[:, -response_mask.shape[1]:], skip_special_tokens=True)
             correct += [reward_fn(t, a) for t, a in zip(texts, [a for a in rows["answer"] for _ in range(k)])]
@@ -621,7 +623,7 @@ def train(cfg, model, tokenizer, data, eval_data=None, stop=()):
         rows = data[[order.pop() for _ in range(cfg.prompts_per_step)]]
         t0 = time.time()
         model.eval()
-        with torch.autocast("cuda", dtype=torch.bfloat16, enabled=device.type == "cuda"):
+        with bf16_autocast(device):
             input_ids, attention_mask, response_mask = rollout(model, tokenizer, rows["prompt"], cfg.group_size,
                                                                cfg.temperature, cfg.max_new_tokens)
         completions = tokenizer.batch_decode(input_ids[:, -response_mask.shape[1]:], skip_special_tokens=True)
