@@ -310,11 +310,13 @@ class TokenLogpAndEntropy(torch.autograd.Function):
     def forward(ctx, hidden, weight, targets, temperature, chunk):  # hidden [N, H], weight [V, H], targets [N]
         logps, entropies, lses = [], [], []
         for h, y in zip(hidden.split(chunk), targets.split(chunk)):
-            logits = (h @ weight.T).float() / temperature  # [chunk, V]
-            lse = logits.logsumexp(-1)
+            logits = (h @ weight.T).float().div_(temperature)  # [chunk, V]; the only new [chunk, V] block but one
+            top = logits.amax(-1, keepdim=True)
+            exp = (logits - top).exp_()  # softmax numerator; in-place ops keep CPU allocations (page faults) down
+            total = exp.sum(-1)
+            lse = top.squeeze(-1) + total.log()
             logps.append(logits.gather(-1, y[:, None]).squeeze(-1) - lse)
-            probs = (logits - lse[:, None]).exp_()
-            entropies.append(lse - probs.mul_(logits).sum(-1))  # H = -sum p log p = lse - sum p * logit
+            entropies.append(lse - exp.mul_(logits).sum(-1) / total)  # H = lse - sum p * logit
             lses.append(lse)
         ctx.save_for_backward(hidden, weight, targets, torch.cat(lses))
         ctx.temperature, ctx.chunk = temperature, chunk
@@ -327,10 +329,10 @@ class TokenLogpAndEntropy(torch.autograd.Function):
         grad_hidden, grad_weight = torch.empty_like(hidden), torch.zeros_like(weight, dtype=torch.float32)
         for i in range(0, len(hidden), ctx.chunk):
             h, y, g = hidden[i:i + ctx.chunk], targets[i:i + ctx.chunk], grad_logp[i:i + ctx.chunk]
-            logits = (h @ weight.T).float() / ctx.temperature
-            grad_logits = -(logits - lse[i:i + ctx.chunk, None]).exp_()  # d logp(y) / d logits = onehot(y) - p
-            grad_logits.scatter_add_(-1, y[:, None], torch.ones_like(g[:, None]))
-            grad_logits = (grad_logits * (g[:, None] / ctx.temperature)).to(h.dtype)
+            scale = g[:, None] / ctx.temperature
+            logits = (h @ weight.T).float().div_(ctx.temperature)
+            grad_logits = logits.sub_(lse[i:i + ctx.chunk, None]).exp_().mul_(-scale)  # d logp(y)/d logits * g
+            grad_logits = grad_logits.scatter_add_(-1, y[:, None], scale).to(h.dtype)  # = (onehot(y) - p) * g / T
             grad_hidden[i:i + ctx.chunk] = grad_logits @ weight.to(h.dtype)
             grad_weight += (grad_logits.T @ h).float()
         return grad_hidden, grad_weight.to(weight.dtype), None, None, None
