@@ -12,6 +12,7 @@ CE-GPPO (2509.20712), CISPO / MiniMax-M1 (2506.13585), GSPO (2507.18071). "SPEC 
     python erc_minimal.py --algo gppo --erc                   # Qwen2.5-0.5B-Instruct on GSM8K, one GPU
 """
 import argparse
+import copy
 import dataclasses
 import json
 import os
@@ -87,6 +88,8 @@ class Config:
     temperature: float = arg(1.0, "sampling temperature; log-probs and entropies use the same T")
     logprob_chunk: int = arg(512, "response tokens per chunk of the output layer (bounds logits memory)")
     gradient_checkpointing: bool = arg(False, "recompute the layers' activations in backward (less memory, slower)")
+    static_cache: bool = arg(False, "generate with a static KV cache, which transformers compiles with torch.compile "
+                             "on GPU (faster decoding after a warm-up compile)")
     # --- optimiser (released recipes: AdamW, lr 1e-6, 10 warm-up steps, wd 0.1, grad clip 1.0)
     lr: float = arg(None, "learning rate", type=float)
     warmup_steps: int = arg(None, "linear learning-rate warm-up, in training steps with an update", type=int)
@@ -270,17 +273,21 @@ def reward_fn(completion, answer):
 
 # ================================================================== rollout
 @torch.no_grad()
-def rollout(model, tokenizer, prompts, num_samples, temperature, max_new_tokens):
+def rollout(model, tokenizer, prompts, num_samples, temperature, max_new_tokens, static_cache=False):
     """Sample num_samples responses per prompt from softmax(logits / temperature); temperature 0 is greedy.
     Returns input_ids [B, P+T], attention_mask [B, P+T], response_mask [B, T], with B = len(prompts) *
     num_samples and the responses of a prompt consecutive."""
-    enc = tokenizer(prompts, return_tensors="pt", padding=True, add_special_tokens=False).to(model.device)
+    model.eval()
+    # a static cache is compiled for its shape: prompts padded to a multiple of 64 bound the recompilations
+    enc = tokenizer(prompts, return_tensors="pt", padding=True, pad_to_multiple_of=64 if static_cache else None,
+                    add_special_tokens=False).to(model.device)
     # SPEC §6 trap 1: every sampling parameter explicit, so the model's generation_config cannot leak in.
     sampling = dict(do_sample=True, temperature=temperature, top_p=1.0, top_k=0) if temperature > 0 else \
         dict(do_sample=False)
     sequences = model.generate(**enc, **sampling, repetition_penalty=1.0, max_new_tokens=max_new_tokens,
                                num_return_sequences=num_samples, pad_token_id=tokenizer.pad_token_id,
-                               eos_token_id=eos_ids(model, tokenizer), use_cache=True)
+                               eos_token_id=eos_ids(model, tokenizer), use_cache=True,
+                               cache_implementation="static" if static_cache else "dynamic")
     prompt_mask = enc.attention_mask.repeat_interleave(num_samples, 0)
     response_mask = make_response_mask(sequences[:, enc.input_ids.shape[1]:], eos_ids(model, tokenizer))
     return sequences, torch.cat([prompt_mask, response_mask], 1), response_mask
@@ -448,7 +455,7 @@ def train_on_batch(model, optimizer, batch, cfg):
     """num_minibatches optimizer steps on one rollout batch (one epoch, shuffled). batch: dict of [B, ...]
     tensors from the rollout with old_logp / old_entropy / advantages / rewards. Returns mean stats."""
     B = len(batch["advantages"])
-    history, bad_updates = [], 0
+    history, updates, bad_updates = [], 0, 0
     for mb in torch.randperm(B).tensor_split(cfg.num_minibatches):
         if len(mb) == 0:
             continue
@@ -470,11 +477,12 @@ def train_on_batch(model, optimizer, batch, cfg):
         grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.max_grad_norm)
         if torch.isfinite(grad_norm):  # a NaN / inf loss or gradient: skip this update, keep the weights
             optimizer.step()
+            updates += 1
         else:
             bad_updates += 1
         history[-1]["grad_norm"] = grad_norm.item()
     stats = {k: sum(h[k] for h in history if k in h) / sum(k in h for h in history) for k in history[-1]}
-    return dict(stats, nonfinite_updates=bad_updates)
+    return dict(stats, updates=updates, nonfinite_updates=bad_updates)
 
 
 # ================================================================== loop
@@ -495,15 +503,14 @@ def score_old_policy(model, batch, cfg):
 @torch.no_grad()
 def evaluate(model, tokenizer, data, cfg):
     """Accuracy on held-out prompts: greedy, and avg@k (mean over k samples at --eval-temperature)."""
-    model.eval()
     result = {}
     for name, k, temperature in (("eval_greedy", 1, 0.0), (f"eval_avg@{cfg.eval_samples}", cfg.eval_samples,
                                                            cfg.eval_temperature)):
         correct = []
         for start in range(0, len(data), cfg.prompts_per_step):
             rows = data[start:start + cfg.prompts_per_step]
-            with bf16_autocast(model.device):
-                ids, _, response_mask = rollout(model, tokenizer, rows["prompt"], k, temperature, cfg.max_new_tokens)
+            ids, _, response_mask = rollout(model, tokenizer, rows["prompt"], k, temperature, cfg.max_new_tokens,
+                                            cfg.static_cache)
             texts = tokenizer.batch_decode(ids[:, -response_mask.shape[1]:], skip_special_tokens=True)
             correct += [reward_fn(t, a) for t, a in zip(texts, [a for a in rows["answer"] for _ in range(k)])]
         result[name] = sum(correct) / len(correct)
@@ -615,6 +622,9 @@ def train(cfg, model, tokenizer, data, eval_data=None, stop=()):
         f.writelines(json.dumps(r) + "\n" for r in history)
     os.replace(metrics_path + ".tmp", metrics_path)
 
+    # GPU: sample from a bf16 copy of the weights (half the bytes read per decoded token), refreshed after each
+    # update. Old log-probs are recomputed by the trained model (as verl does), so the first ratio is exactly 1.
+    sampler = copy.deepcopy(model).to(torch.bfloat16).eval() if device.type == "cuda" else model
     bad_steps, warned, t_start = 0, False, time.time()
     progress = tqdm(range(start, cfg.steps), initial=start, total=cfg.steps, dynamic_ncols=True,
                     desc=f"{cfg.algo}{'+erc' if cfg.erc else ''}")
@@ -624,10 +634,8 @@ def train(cfg, model, tokenizer, data, eval_data=None, stop=()):
             order += torch.randperm(len(data)).tolist()
         rows = data[[order.pop() for _ in range(cfg.prompts_per_step)]]
         t0 = time.time()
-        model.eval()
-        with bf16_autocast(device):
-            input_ids, attention_mask, response_mask = rollout(model, tokenizer, rows["prompt"], cfg.group_size,
-                                                               cfg.temperature, cfg.max_new_tokens)
+        input_ids, attention_mask, response_mask = rollout(sampler, tokenizer, rows["prompt"], cfg.group_size,
+                                                           cfg.temperature, cfg.max_new_tokens, cfg.static_cache)
         completions = tokenizer.batch_decode(input_ids[:, -response_mask.shape[1]:], skip_special_tokens=True)
         answers = [a for a in rows["answer"] for _ in range(cfg.group_size)]
         rewards = torch.tensor([reward_fn(c, a) for c, a in zip(completions, answers)], device=device)
@@ -648,7 +656,10 @@ def train(cfg, model, tokenizer, data, eval_data=None, stop=()):
         stats = {}
         if keep.any():
             stats = train_on_batch(model, optimizer, batch, cfg)
-            scheduler.step()  # warm-up counts training steps that updated
+            if stats["updates"]:
+                scheduler.step()  # warm-up counts training steps that updated
+            if sampler is not model:
+                sampler.load_state_dict(model.state_dict())  # cast to bf16 on copy
         record = dict(step=step, reward=rewards.mean().item(), entropy=old_entropy_mean,
                       clip_frac=stats.get("clip_frac", 0.0), erc_clip_frac=stats.get("erc_clip_frac", 0.0),
                       grad_norm=stats.get("grad_norm", 0.0), loss=stats.get("loss", 0.0),
@@ -663,7 +674,7 @@ def train(cfg, model, tokenizer, data, eval_data=None, stop=()):
             tqdm.write(f"warning: step {step}: non-finite loss or gradient, update skipped (warned once)")
             warned = True
         if cfg.eval_every and ((step + 1) % cfg.eval_every == 0 or step + 1 == cfg.steps):
-            record.update(evaluate(model, tokenizer, eval_data, cfg))
+            record.update(evaluate(sampler, tokenizer, eval_data, cfg))
         history.append(record)
         with open(metrics_path, "a") as f:
             f.write(json.dumps(record) + "\n")

@@ -406,6 +406,27 @@ def test_rollout_logp_match_generation_logits_with_leaky_generation_config():
     torch.testing.assert_close(entropy, gen_entropy, atol=1e-5, rtol=0)
 
 
+def test_static_cache_rollout_equals_dynamic():
+    """--static-cache pads prompts to a multiple of 64 and decodes with a fixed-size KV cache: the same
+    responses, masks and log-probs as the default dynamic cache (greedy, and sampled from the same seed)."""
+    model, tok = tiny_model_and_tokenizer(seed=6)
+    prompts = ["1+2=", "13+4+2=", "3="]
+    for temperature, num_samples in ((0.0, 1), (1.0, 2)):  # greedy takes one sample per prompt
+        runs = []
+        for static in (False, True):
+            torch.manual_seed(2)
+            runs.append(E.rollout(model, tok, prompts, num_samples, temperature, max_new_tokens=6,
+                                  static_cache=static))
+        (ids, attention, response_mask), (s_ids, s_attention, s_response_mask) = runs
+        assert s_ids.shape[1] == 64 + 6 and ids.shape[1] == 7 + 6  # prompts padded to 64 on the left
+        torch.testing.assert_close(s_ids[:, -13:], ids, rtol=0, atol=0)
+        torch.testing.assert_close(s_response_mask, response_mask, rtol=0, atol=0)
+        with torch.no_grad():
+            logp, _ = E.logp_and_entropy(model, ids, attention, response_mask, 1.0, 8)
+            s_logp, _ = E.logp_and_entropy(model, s_ids, s_attention, s_response_mask, 1.0, 8)
+        torch.testing.assert_close(s_logp, logp, atol=1e-5, rtol=0)
+
+
 def test_first_minibatch_sees_ratio_one():
     """Old log-probs / entropies (no grad, whole batch) equal the training forward's on a mini-batch before
     any update, so ratio and entropy ratio are 1: they describe the sampler's weights."""
@@ -538,13 +559,14 @@ def test_nonfinite_updates_are_skipped_then_the_run_stops(tmp_path, monkeypatch,
         return loss * float("nan"), stats
 
     monkeypatch.setattr(E, "policy_loss", nan_loss)
-    cfg = E.Config(preset="tiny", steps=10, max_bad_steps=3, out=str(tmp_path))
+    cfg = E.Config(preset="tiny", steps=10, max_bad_steps=3, warmup_steps=4, out=str(tmp_path))
     model, tokenizer, data, _ = E.setup(cfg)
     before = [p.detach().clone() for p in model.parameters()]
     with pytest.raises(SystemExit, match="3 consecutive steps with a non-finite"):
         E.train(cfg, model, tokenizer, data)
     rows = [json.loads(line) for line in open(tmp_path / "metrics.jsonl")]
     assert [r["nonfinite_updates"] for r in rows] == [cfg.num_minibatches] * 3
+    assert [r["lr"] for r in rows] == [cfg.lr / 5] * 3  # warm-up does not advance on steps that did not update
     assert all(torch.equal(p, q) for p, q in zip(before, model.parameters()))
     assert capsys.readouterr().out.count("warning: step") == 1  # warned once
 

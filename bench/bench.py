@@ -68,12 +68,13 @@ def peak_memory(device):
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux reports KiB
 
 
-def run_ours(config, length, erc, gradient_checkpointing):
+def run_ours(config, length, erc, gradient_checkpointing, static_cache):
     model, tokenizer, data = build(config)
     if gradient_checkpointing:
         model.gradient_checkpointing_enable()
     with tempfile.TemporaryDirectory() as out:
         cfg = E.Config(preset="tiny", algo="dapo", dynamic_sampling=False, erc=erc, lr=1e-6, out=out,
+                       static_cache=static_cache,
                        steps=config["warmup"] + config["measured"], prompts_per_step=config["prompts"],
                        group_size=config["group"], num_minibatches=MINIBATCHES, max_new_tokens=length)
         history = E.train(cfg, model, tokenizer, data)
@@ -82,10 +83,11 @@ def run_ours(config, length, erc, gradient_checkpointing):
     update = sum(r["train_time"] for r in rows) / len(rows)
     decode_steps = sum(r["response_len"] for r in rows) / len(rows)  # mean; generation runs to the longest
     return dict(rollout=rollout, update=update, step=rollout + update, peak_mem=peak_memory(config["device"]),
-                tokens=config["prompts"] * config["group"] * decode_steps)
+                tokens=config["prompts"] * config["group"] * decode_steps,
+                weights=sum(p.numel() for p in model.parameters()))
 
 
-def run_trl(config, length, erc, gradient_checkpointing):
+def run_trl(config, length, erc, gradient_checkpointing, static_cache):
     from transformers import TrainerCallback
     from trl import GRPOConfig, GRPOTrainer
     model, tokenizer, data = build(config)
@@ -109,6 +111,7 @@ def run_trl(config, length, erc, gradient_checkpointing):
                           learning_rate=1e-6, weight_decay=0.1, max_grad_norm=1.0, lr_scheduler_type="constant",
                           warmup_steps=0, max_steps=MINIBATCHES * (config["warmup"] + config["measured"]),
                           gradient_checkpointing=gradient_checkpointing, use_cpu=config["device"] == "cpu",
+                          cache_implementation="static" if static_cache else None,
                           bf16=config["device"] == "cuda", report_to="none", save_strategy="no", logging_steps=1,
                           disable_tqdm=True, seed=0, shuffle_dataset=True)
         trainer = GRPOTrainer(model=model, processing_class=tokenizer, reward_funcs=reward, args=args,
@@ -133,10 +136,11 @@ def run_trl(config, length, erc, gradient_checkpointing):
                 tokens=batch * length)
 
 
-def measure(side, config_name, length, erc, gradient_checkpointing):
+def measure(side, config_name, length, erc, options):
     """Run one measurement in a fresh process; returns its dict."""
     cmd = [sys.executable, os.path.abspath(__file__), "--worker", side, "--configs", config_name,
-           "--length", str(length), "--erc", str(int(erc)), "--gc", str(int(gradient_checkpointing))]
+           "--length", str(length), "--erc", str(int(erc)), "--gc", str(int(options.gradient_checkpointing)),
+           "--sc", str(int(options.static_cache))]
     run = subprocess.run(cmd, capture_output=True, text=True)
     if run.returncode != 0:
         raise SystemExit(f"{side} {config_name} failed:\n{run.stderr[-3000:]}")
@@ -152,27 +156,31 @@ def main():
     parser.add_argument("--configs", default="tiny-cpu,wide-cpu", help=f"comma-separated, from {list(CONFIGS)}")
     parser.add_argument("--json", action="store_true", help="end with one line holding a JSON object")
     parser.add_argument("--gradient-checkpointing", action="store_true", help="on both sides")
+    parser.add_argument("--static-cache", action="store_true", help="generate with a static KV cache (compiled on "
+                        "GPU by transformers) on both sides")
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     parser.add_argument("--length", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--erc", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--gc", type=int, help=argparse.SUPPRESS)
+    parser.add_argument("--sc", type=int, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.worker:  # inside a fresh process: one measurement, printed as JSON
         config = CONFIGS[args.configs]
         run = {"ours": run_ours, "trl": run_trl}[args.worker]
-        print(json.dumps(run(config, args.length, bool(args.erc), bool(args.gc))))
+        print(json.dumps(run(config, args.length, bool(args.erc), bool(args.gc), bool(args.sc))))
         return
 
-    gc, summary = args.gradient_checkpointing, {}
+    summary = {}
     print(f"torch {torch.__version__}, {os.cpu_count()} CPU cores"
-          f"{', ' + torch.cuda.get_device_name() if torch.cuda.is_available() else ''}; gradient checkpointing {gc}")
+          f"{', ' + torch.cuda.get_device_name() if torch.cuda.is_available() else ''}; gradient checkpointing "
+          f"{args.gradient_checkpointing}, static cache {args.static_cache}")
     for name in args.configs.split(","):
         config = CONFIGS[name]
         if config["device"] == "cuda" and not torch.cuda.is_available():
             print(f"{name}: skipped, no CUDA device")
             continue
-        ours = measure("ours", name, config["length"], config["erc"], gc)
-        trl = measure("trl", name, config["length"], config["erc"], gc)
+        ours = measure("ours", name, config["length"], config["erc"], args)
+        trl = measure("trl", name, config["length"], config["erc"], args)
         print(f"\n{name}: {config['prompts']} prompts x {config['group']} samples x {config['length']} tokens, "
               f"vocab {config['model']['vocab_size'] or len(E.TINY_CHARS) + 1}, ERC {'on' if config['erc'] else 'off'}")
         print(f"| {'':22} | {'erc_minimal':>12} | {'TRL':>12} | {'ratio':>6} |")
@@ -182,17 +190,17 @@ def main():
             print(f"| {key + (' time' if unit else ''):22} | {fa:>12} | {fb:>12} | {a / b:6.2f} |")
         entry = dict(step_time_ratio=ours["step"] / trl["step"], peak_mem_ratio=ours["peak_mem"] / trl["peak_mem"])
         if name == "wide-cpu":
-            no_erc = measure("ours", name, config["length"], False, gc)
+            no_erc = measure("ours", name, config["length"], False, args)
             entry["erc_mem_overhead"] = ours["peak_mem"] / no_erc["peak_mem"]
             print(f"ERC on / off (erc_minimal): peak memory {entry['erc_mem_overhead']:.3f}x, "
                   f"step time {ours['step'] / no_erc['step']:.3f}x")
-            by_len = {str(n): ours if n == config["length"] else measure("ours", name, n, True, gc)
+            by_len = {str(n): ours if n == config["length"] else measure("ours", name, n, True, args)
                       for n in (128, 256, 512)}
             entry["peak_mem_by_len"] = {k: v["peak_mem"] for k, v in by_len.items()}
             print("erc_minimal by completion length: " + ", ".join(
                 f"{k} tokens: {gib(v['peak_mem'])}, step {v['step']:.2f} s" for k, v in by_len.items()))
         if name == "gpu":
-            weight_bytes = sum(p.numel() for p in build(config)[0].parameters()) * 2  # bf16
+            weight_bytes = ours["weights"] * 2  # the bf16 sampling copy, read once per decoded token
             bandwidth = 3.35e12 if "H100" in torch.cuda.get_device_name() else 4.8e12  # H100 SXM / H200 HBM3(e)
             entry["rollout_tokens_per_s"] = ours["tokens"] / ours["rollout"]
             entry["decode_bw_fraction"] = weight_bytes * config["length"] / ours["rollout"] / bandwidth

@@ -70,6 +70,8 @@ MUTATIONS = [
      "logits = (h @ weight.T).float().div_(temperature)", "logits = (h @ weight.T).float()"),
     ("chunked backward: gradient of logp(y) without the onehot term",
      "grad_logits.scatter_add_(-1, y[:, None], scale).to(h.dtype)", "grad_logits.to(h.dtype)"),
+    ("warm-up advances on a step whose updates were all skipped",
+     'if stats["updates"]:', "if True:"),
     ("chunked entropy: softmax numerator not normalised",
      "exp.mul_(logits).sum(-1) / total", "exp.mul_(logits).sum(-1)"),
     ("scoring forward ignores the attention mask (attends to left padding)",
