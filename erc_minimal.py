@@ -24,6 +24,7 @@ import sys
 import time
 from dataclasses import dataclass, field
 from fractions import Fraction
+from pathlib import Path
 
 import torch
 from tqdm.auto import tqdm
@@ -306,6 +307,13 @@ def make_response_mask(completion_ids, eos_ids):
     return (eos_before == 0).long()
 
 
+def response_rewards(tokenizer, input_ids, response_mask, answers, num_samples):
+    """reward_fn of every decoded response [B]; `answers` holds one gold answer per prompt."""
+    completions = tokenizer.batch_decode(input_ids[:, -response_mask.shape[1]:], skip_special_tokens=True)
+    answers = [a for a in answers for _ in range(num_samples)]
+    return torch.tensor([reward_fn(c, a) for c, a in zip(completions, answers)])
+
+
 # ================================================================== log-probs and entropies
 class TokenLogpAndEntropy(torch.autograd.Function):
     """log p(target) (with gradient) and entropy (without, SPEC §4) of softmax(hidden @ W.T / T) over the whole
@@ -511,8 +519,7 @@ def evaluate(model, tokenizer, data, cfg):
             rows = data[start:start + cfg.prompts_per_step]
             ids, _, response_mask = rollout(model, tokenizer, rows["prompt"], k, temperature, cfg.max_new_tokens,
                                             cfg.static_cache)
-            texts = tokenizer.batch_decode(ids[:, -response_mask.shape[1]:], skip_special_tokens=True)
-            correct += [reward_fn(t, a) for t, a in zip(texts, [a for a in rows["answer"] for _ in range(k)])]
+            correct += response_rewards(tokenizer, ids, response_mask, rows["answer"], k).tolist()
         result[name] = sum(correct) / len(correct)
     return result
 
@@ -541,7 +548,7 @@ def save_checkpoint(cfg, step, model, tokenizer, optimizer, scheduler, order):
 
 def latest_checkpoint(out):
     path = os.path.join(out, "latest")
-    return os.path.join(out, open(path).read().strip()) if os.path.exists(path) else None
+    return os.path.join(out, Path(path).read_text().strip()) if os.path.exists(path) else None
 
 
 def plot_metrics(out):
@@ -553,7 +560,7 @@ def plot_metrics(out):
     except ImportError:
         print("(pip install matplotlib to get OUT/metrics.png)")
         return None
-    rows = [json.loads(line) for line in open(os.path.join(out, "metrics.jsonl"))]
+    rows = [json.loads(line) for line in Path(out, "metrics.jsonl").read_text().splitlines()]
     steps = [r["step"] for r in rows]
     fig, axes = plt.subplots(1, 3, figsize=(13, 3.4))
     axes[0].plot(steps, [r["reward"] for r in rows], label="train reward", lw=1)
@@ -608,7 +615,7 @@ def train(cfg, model, tokenizer, data, eval_data=None, stop=()):
         start, order = state["step"], state["order"]
         torch.set_rng_state(state["rng"])
         torch.cuda.set_rng_state_all(state["cuda_rng"])
-        history = [json.loads(line) for line in open(metrics_path)]
+        history = [json.loads(line) for line in Path(metrics_path).read_text().splitlines()]
         history = [r for r in history if r["step"] < start]  # steps after the checkpoint will be redone
     else:  # a fresh run: drop checkpoints an earlier run (--overwrite) left in OUT
         for name in os.listdir(cfg.out):
@@ -636,9 +643,7 @@ def train(cfg, model, tokenizer, data, eval_data=None, stop=()):
         t0 = time.time()
         input_ids, attention_mask, response_mask = rollout(sampler, tokenizer, rows["prompt"], cfg.group_size,
                                                            cfg.temperature, cfg.max_new_tokens, cfg.static_cache)
-        completions = tokenizer.batch_decode(input_ids[:, -response_mask.shape[1]:], skip_special_tokens=True)
-        answers = [a for a in rows["answer"] for _ in range(cfg.group_size)]
-        rewards = torch.tensor([reward_fn(c, a) for c, a in zip(completions, answers)], device=device)
+        rewards = response_rewards(tokenizer, input_ids, response_mask, rows["answer"], cfg.group_size).to(device)
         gen_time = time.time() - t0
 
         # --- old log-probs / entropies with the pre-update weights, then advantages
@@ -733,7 +738,7 @@ def main(argv=None):
         given = parse_args(argv)
         saved = os.path.join(given.get("out", Config.out), "config.json")
         if given.get("resume") and os.path.exists(saved):
-            given = {**json.load(open(saved)), **given, "overwrite": False}
+            given = {**json.loads(Path(saved).read_text()), **given, "overwrite": False}
         cfg = Config(**given)
         model, tokenizer, data, eval_data = setup(cfg)
     except ValueError as e:  # bad input: one line, exit 2, no traceback
