@@ -325,7 +325,7 @@ class TokenLogpAndEntropy(torch.autograd.Function):
     def forward(ctx, hidden, weight, targets, temperature, chunk):  # hidden [N, H], weight [V, H], targets [N]
         logps, entropies, lses = [], [], []
         for h, y in zip(hidden.split(chunk), targets.split(chunk)):
-            logits = (h @ weight.T).float().div_(temperature)  # [chunk, V]; the only new [chunk, V] block but one
+            logits = (h @ weight.T).float().div_(temperature)  # [chunk, V]; with `exp` the only [chunk, V] blocks
             top = logits.amax(-1, keepdim=True)
             exp = (logits - top).exp_()  # softmax numerator; in-place ops keep CPU allocations (page faults) down
             total = exp.sum(-1)

@@ -4,14 +4,16 @@
     python bench/bench.py                                   # tiny-cpu and wide-cpu, about 15 minutes on 2 cores
     python bench/bench.py --json --configs tiny-cpu,wide-cpu  # the same, ending with one JSON line
     python bench/bench.py --configs gpu                     # Qwen2.5-0.5B shapes, 128 x 512, bf16, on a CUDA GPU
+    python bench/bench.py --configs gpu --static-cache      # the same with a static KV cache (compiled decoding)
 
 Both sides get the same randomly initialised Qwen2 model (same seed), the same tokenizer, prompts, group size,
 completion length, loss (DAPO's token mean with clip-higher 0.2 / 0.28, no KL, no dynamic sampling),
 updates per rollout batch (4 mini-batches, one epoch), optimizer (AdamW, lr 1e-6, weight decay 0.1, grad clip
-1.0) and gradient checkpointing setting. Every measurement runs in a fresh process: peak memory is that
-process's peak resident memory on CPU and torch.cuda.max_memory_allocated on GPU, measured the same way for
-both sides. Times are means over the measured rollout batches after one warm-up batch:
-rollout = generation (+ reward), update = old log-probs + the mini-batch updates, step = the two together.
+1.0), gradient checkpointing and KV-cache settings. Every measurement runs in a fresh process: peak memory is
+that process's peak resident memory on CPU and torch.cuda.max_memory_allocated on GPU, measured the same way
+for both sides. Times are means over the measured rollout batches after the warm-up batches: rollout =
+generation (+ reward), update = old log-probs + the mini-batch updates, step = the two together. tiny-cpu runs
+5 processes per side, alternately, and reports the median one.
 """
 import argparse
 import json
@@ -34,13 +36,15 @@ QWEN25_05B = dict(hidden_size=896, intermediate_size=4864, num_hidden_layers=24,
 CONFIGS = {  # model shape, batch, completion length, device
     "tiny-cpu": dict(model=dict(hidden_size=64, intermediate_size=256, num_hidden_layers=2, num_attention_heads=4,
                                 num_key_value_heads=2, vocab_size=None, max_position_embeddings=64),
-                     prompts=32, group=8, length=2, erc=False, device="cpu", warmup=1, measured=10),
+                     prompts=32, group=8, length=2, erc=False, device="cpu", warmup=1, measured=20, repeats=5),
     "wide-cpu": dict(model=dict(hidden_size=64, intermediate_size=256, num_hidden_layers=2, num_attention_heads=4,
                                 num_key_value_heads=2, vocab_size=151936, max_position_embeddings=1024),
-                     prompts=8, group=8, length=256, erc=True, device="cpu", warmup=0, measured=1),
-    "gpu": dict(model=QWEN25_05B, prompts=16, group=8, length=512, erc=True, device="cuda", warmup=1, measured=2),
+                     prompts=8, group=8, length=256, erc=True, device="cpu", warmup=0, measured=1, repeats=1),
+    "gpu": dict(model=QWEN25_05B, prompts=16, group=8, length=512, erc=True, device="cuda", warmup=1, measured=2,
+                repeats=1),
 }
 MINIBATCHES = 4  # optimizer steps per rollout batch; config['warmup'] + config['measured'] rollout batches
+# config['repeats']: fresh processes per side, alternating ours / TRL; the table shows the median-step run
 
 
 def build(config, seed=0):
@@ -147,6 +151,19 @@ def measure(side, config_name, length, erc, options):
     return json.loads(run.stdout.strip().splitlines()[-1])
 
 
+def measure_both(name, config, options):
+    """ours and TRL, alternating, config['repeats'] fresh processes each; per side, the run with the median step
+    time (the tiny config's steps are ~0.1 s, and one process's mean moves by 30% from run to run)."""
+    runs = {"ours": [], "trl": []}
+    for _ in range(config["repeats"]):
+        for side in runs:
+            runs[side].append(measure(side, name, config["length"], config["erc"], options))
+    if config["repeats"] > 1:
+        print(f"\n{name} step times of the {config['repeats']} runs: " + "; ".join(
+            f"{side} " + ", ".join(f"{r['step']:.3f}" for r in side_runs) for side, side_runs in runs.items()))
+    return [sorted(side_runs, key=lambda r: r["step"])[len(side_runs) // 2] for side_runs in runs.values()]
+
+
 def gib(n):
     return f"{n / 2**30:.2f} GiB"
 
@@ -179,8 +196,7 @@ def main():
         if config["device"] == "cuda" and not torch.cuda.is_available():
             print(f"{name}: skipped, no CUDA device")
             continue
-        ours = measure("ours", name, config["length"], config["erc"], args)
-        trl = measure("trl", name, config["length"], config["erc"], args)
+        ours, trl = measure_both(name, config, args)
         print(f"\n{name}: {config['prompts']} prompts x {config['group']} samples x {config['length']} tokens, "
               f"vocab {config['model']['vocab_size'] or len(E.TINY_CHARS) + 1}, ERC {'on' if config['erc'] else 'off'}")
         print(f"| {'':22} | {'erc_minimal':>12} | {'TRL':>12} | {'ratio':>6} |")
