@@ -1,7 +1,7 @@
 """Benchmark: erc_minimal's training step against TRL's GRPOTrainer on the same model, prompts and batch.
 
     pip install -r requirements.txt -r bench/requirements.txt
-    python bench/bench.py                                   # tiny-cpu and wide-cpu, about 15 minutes on 2 cores
+    python bench/bench.py                                   # tiny-cpu and wide-cpu, 16 to 19 minutes on 2 cores
     python bench/bench.py --json --configs tiny-cpu,wide-cpu  # the same, ending with one JSON line
     python bench/bench.py --configs gpu                     # Qwen2.5-0.5B shapes, 128 x 512, bf16, on a CUDA GPU
     python bench/bench.py --configs gpu --static-cache      # the same with a static KV cache (compiled decoding)
@@ -13,7 +13,7 @@ updates per rollout batch (4 mini-batches, one epoch), optimizer (AdamW, lr 1e-6
 that process's peak resident memory on CPU and torch.cuda.max_memory_allocated on GPU, measured the same way
 for both sides. Times are means over the measured rollout batches after the warm-up batches: rollout =
 generation (+ reward), update = old log-probs + the mini-batch updates, step = the two together. tiny-cpu runs
-5 processes per side, alternately, and reports the median one.
+3 processes per side, alternately, and reports the median one.
 """
 import argparse
 import json
@@ -36,7 +36,7 @@ QWEN25_05B = dict(hidden_size=896, intermediate_size=4864, num_hidden_layers=24,
 CONFIGS = {  # model shape, batch, completion length, device
     "tiny-cpu": dict(model=dict(hidden_size=64, intermediate_size=256, num_hidden_layers=2, num_attention_heads=4,
                                 num_key_value_heads=2, vocab_size=None, max_position_embeddings=64),
-                     prompts=32, group=8, length=2, erc=False, device="cpu", warmup=1, measured=20, repeats=5),
+                     prompts=32, group=8, length=2, erc=False, device="cpu", warmup=1, measured=20, repeats=3),
     "wide-cpu": dict(model=dict(hidden_size=64, intermediate_size=256, num_hidden_layers=2, num_attention_heads=4,
                                 num_key_value_heads=2, vocab_size=151936, max_position_embeddings=1024),
                      prompts=8, group=8, length=256, erc=True, device="cpu", warmup=0, measured=1, repeats=1),
