@@ -1,6 +1,6 @@
 """Mutation check: change one line of a formula in erc_minimal.py and confirm the test suite turns red.
 
-    python experiments/mutations.py            # every mutation, about 15 minutes on 2 CPU cores
+    python experiments/mutations.py            # every mutation, about 16 minutes on 2 CPU cores
     python experiments/mutations.py erc gspo   # only those whose name contains one of these words
 
 Each mutation is applied to a copy of erc_minimal.py in a temporary folder, the unit tests run there
