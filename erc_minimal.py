@@ -285,12 +285,13 @@ def rollout(model, tokenizer, prompts, num_samples, temperature, max_new_tokens,
     # SPEC §6 trap 1: every sampling parameter explicit, so the model's generation_config cannot leak in.
     sampling = dict(do_sample=True, temperature=temperature, top_p=1.0, top_k=0) if temperature > 0 else \
         dict(do_sample=False)
+    eos = eos_ids(model, tokenizer)
     sequences = model.generate(**enc, **sampling, repetition_penalty=1.0, max_new_tokens=max_new_tokens,
                                num_return_sequences=num_samples, pad_token_id=tokenizer.pad_token_id,
-                               eos_token_id=eos_ids(model, tokenizer), use_cache=True,
+                               eos_token_id=eos, use_cache=True,
                                cache_implementation="static" if static_cache else "dynamic")
     prompt_mask = enc.attention_mask.repeat_interleave(num_samples, 0)
-    response_mask = make_response_mask(sequences[:, enc.input_ids.shape[1]:], eos_ids(model, tokenizer))
+    response_mask = make_response_mask(sequences[:, enc.input_ids.shape[1]:], eos)
     return sequences, torch.cat([prompt_mask, response_mask], 1), response_mask
 
 
@@ -546,6 +547,10 @@ def save_checkpoint(cfg, step, model, tokenizer, optimizer, scheduler, order):
     return final
 
 
+def read_jsonl(path):
+    return [json.loads(line) for line in Path(path).read_text().splitlines()]
+
+
 def latest_checkpoint(out):
     path = os.path.join(out, "latest")
     return os.path.join(out, Path(path).read_text().strip()) if os.path.exists(path) else None
@@ -560,7 +565,7 @@ def plot_metrics(out):
     except ImportError:
         print("(pip install matplotlib to get OUT/metrics.png)")
         return None
-    rows = [json.loads(line) for line in Path(out, "metrics.jsonl").read_text().splitlines()]
+    rows = read_jsonl(os.path.join(out, "metrics.jsonl"))
     steps = [r["step"] for r in rows]
     fig, axes = plt.subplots(1, 3, figsize=(13, 3.4))
     axes[0].plot(steps, [r["reward"] for r in rows], label="train reward", lw=1)
@@ -615,7 +620,7 @@ def train(cfg, model, tokenizer, data, eval_data=None, stop=()):
         start, order = state["step"], state["order"]
         torch.set_rng_state(state["rng"])
         torch.cuda.set_rng_state_all(state["cuda_rng"])
-        history = [json.loads(line) for line in Path(metrics_path).read_text().splitlines()]
+        history = read_jsonl(metrics_path)
         history = [r for r in history if r["step"] < start]  # steps after the checkpoint will be redone
     else:  # a fresh run: drop checkpoints an earlier run (--overwrite) left in OUT
         for name in os.listdir(cfg.out):

@@ -249,7 +249,7 @@ def test_step_with_every_group_dropped_skips_the_update(tmp_path, monkeypatch):
     model, tokenizer, data, _ = E.setup(cfg)
     before = [p.detach().clone() for p in model.parameters()]
     E.train(cfg, model, tokenizer, data)
-    rows = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    rows = E.read_jsonl(tmp_path / "metrics.jsonl")
     assert [r["skipped"] for r in rows] == [1, 1] and [r["kept_groups"] for r in rows] == [0, 0]
     assert all(torch.equal(a, b) for a, b in zip(before, model.parameters()))
 
@@ -451,7 +451,7 @@ def test_first_minibatch_sees_ratio_one():
 def test_tiny_preset_learns_gppo_erc(tmp_path):
     """The README's tiny command: reward climbs from near 0 to >= 0.8 and metrics.jsonl has every field."""
     E.main(["--preset", "tiny", "--algo", "gppo", "--erc", "--out", str(tmp_path)])
-    rows = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    rows = E.read_jsonl(tmp_path / "metrics.jsonl")
     assert len(rows) == E.PRESETS["tiny"]["steps"]
     for key in ("step", "reward", "entropy", "clip_frac", "erc_clip_frac", "grad_norm", "response_len",
                 "gen_time", "train_time"):
@@ -544,7 +544,7 @@ def test_interrupted_and_resumed_run_matches_uninterrupted(tmp_path, monkeypatch
     monkeypatch.setattr(E, "group_advantages", group_advantages)
     resumed = E.main(["--out", str(tmp_path / "cut"), "--resume"])
     assert comparable(resumed) == comparable(whole)
-    on_disk = [json.loads(line) for line in (tmp_path / "cut" / "metrics.jsonl").read_text().splitlines()]
+    on_disk = E.read_jsonl(tmp_path / "cut" / "metrics.jsonl")
     assert [r["step"] for r in on_disk] == list(range(30))
     a = E.AutoModelForCausalLM.from_pretrained(tmp_path / "whole" / "checkpoint-30")
     b = E.AutoModelForCausalLM.from_pretrained(tmp_path / "cut" / "checkpoint-30")
@@ -564,7 +564,7 @@ def test_nonfinite_updates_are_skipped_then_the_run_stops(tmp_path, monkeypatch,
     before = [p.detach().clone() for p in model.parameters()]
     with pytest.raises(SystemExit, match="3 consecutive steps with a non-finite"):
         E.train(cfg, model, tokenizer, data)
-    rows = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    rows = E.read_jsonl(tmp_path / "metrics.jsonl")
     assert [r["nonfinite_updates"] for r in rows] == [cfg.num_minibatches] * 3
     assert [r["lr"] for r in rows] == [cfg.lr / 5] * 3  # warm-up does not advance on steps that did not update
     assert all(torch.equal(p, q) for p, q in zip(before, model.parameters()))
