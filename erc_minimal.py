@@ -1,14 +1,13 @@
 """erc_minimal.py: RL post-training of a small Qwen model on math, with Entropy Ratio Clipping.
 
-One file, top to bottom in the order a training step runs:
-config -> data -> reward -> rollout -> log-probs and entropies -> advantages -> policy losses (+ ERC)
--> update -> loop -> main.
+One file, in the order a training step runs: config -> data -> reward -> rollout -> log-probs and entropies
+-> advantages -> policy losses (+ ERC) -> objective -> update -> the step -> loop (plumbing) -> main.
 
 Papers: ERC (arXiv 2512.05591), GRPO (2402.03300), DAPO (2503.14476), GPPO / Klear-Reasoner (2508.07629),
-CE-GPPO (2509.20712), CISPO / MiniMax-M1 (2506.13585), GSPO (2507.18071). "SPEC §n" refers to
-../shared/SPEC.md, which restates every formula used here.
+CE-GPPO (2509.20712), CISPO / MiniMax-M1 (2506.13585), GSPO (2507.18071). "formulas §n" is section n of
+docs/equations.md, this repository's formula sheet: every equation used here, with its paper and source.
 
-    python erc_minimal.py --preset tiny --algo gppo --erc     # CPU, offline, about a minute
+    python erc_minimal.py --preset tiny --algo gppo --erc     # CPU, offline, under a minute
     python erc_minimal.py --algo gppo --erc                   # Qwen2.5-0.5B-Instruct on GSM8K, one GPU
 """
 import argparse
@@ -30,10 +29,11 @@ import torch
 from tqdm.auto import tqdm
 from datasets import Dataset, disable_progress_bars, load_dataset
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedTokenizerFast, Qwen2Config, Qwen2ForCausalLM
+from transformers.utils import logging as transformers_logging
 
 # ================================================================== config
 ALGOS = ("grpo", "dapo", "gppo", "cegppo", "cispo", "gspo")
-# SPEC §5: paper / released-recipe defaults, used for every field the user leaves unset.
+# formulas §5: the papers' / released recipes' defaults, used for every field the user leaves unset.
 ALGO_DEFAULTS = {
     "grpo":   dict(eps_low=0.2,  eps_high=0.2,  clip_c=10.0, beta1=1.0, beta2=1.0, dynamic_sampling=False),
     "dapo":   dict(eps_low=0.2,  eps_high=0.28, clip_c=10.0, beta1=1.0, beta2=1.0, dynamic_sampling=True),
@@ -46,10 +46,10 @@ ALGO_DEFAULTS = {
 PRESETS = {
     "gsm8k": dict(model="Qwen/Qwen2.5-0.5B-Instruct", dataset="openai/gsm8k", prompt_field="question",
                   answer_field="answer", steps=200, prompts_per_step=16, group_size=8, num_minibatches=8,
-                  max_new_tokens=512, lr=1e-6, warmup_steps=10, eval_prompts=256),
+                  max_new_tokens=512, lr=1e-6, warmup_steps=10, eval_prompts=256, threads=None),
     "tiny":  dict(model="tiny", dataset="tiny", prompt_field="question", answer_field="answer",
                   steps=300, prompts_per_step=32, group_size=8, num_minibatches=4,
-                  max_new_tokens=2, lr=3e-4, warmup_steps=0, eval_prompts=64),
+                  max_new_tokens=2, lr=3e-4, warmup_steps=0, eval_prompts=64, threads=1),
 }
 
 
@@ -66,19 +66,19 @@ class Config:
     dataset: str = arg(None, "hub id, or a local .json/.jsonl/.parquet/.csv file (default: the preset's)", type=str)
     prompt_field: str = arg(None, "dataset column holding the question", type=str)
     answer_field: str = arg(None, "dataset column holding the gold answer (text after '####' if present)", type=str)
-    # --- policy loss (SPEC §3-§5); None = the algorithm's default
+    # --- policy loss (formulas §3-§5); None = the algorithm's default
     algo: str = arg("grpo", "policy loss: " + ", ".join(ALGOS))
     eps_low: float = arg(None, "ratio clip: lower bound is 1 - eps_low", type=float)
     eps_high: float = arg(None, "ratio clip: upper bound is 1 + eps_high", type=float)
     clip_c: float = arg(None, "dual clip for A < 0 (grpo, dapo, gppo, cegppo)", type=float)
-    beta1: float = arg(None, "cegppo: gradient weight for A < 0, r < 1 - eps_low", type=float)
-    beta2: float = arg(None, "cegppo: gradient weight for A > 0, r > 1 + eps_high", type=float)
+    beta1: float = arg(None, "gppo/cegppo: gradient weight for A < 0, r < 1 - eps_low", type=float)
+    beta2: float = arg(None, "gppo/cegppo: gradient weight for A > 0, r > 1 + eps_high", type=float)
     dynamic_sampling: bool = arg(None, "drop groups whose rewards are all equal (DAPO)", type=bool)
-    erc: bool = arg(False, "entropy ratio clipping on top of the chosen loss (SPEC §4)")
+    erc: bool = arg(False, "entropy ratio clipping on top of the chosen loss (formulas §4)")
     erc_low: float = arg(0.95, "ERC: keep a token's gradient only if erc_low < H / H_old ...")
     erc_high: float = arg(1.05, "... < erc_high")
     sft_coef: float = arg(0.0, "weight of the NLL of correct responses (the released ERC recipes use 0.1)")
-    # --- rollout and batch sizes
+    # --- rollout, batch sizes, precision
     steps: int = arg(None, "training steps (one rollout batch each)", type=int)
     prompts_per_step: int = arg(None, "prompts per rollout batch", type=int)
     group_size: int = arg(None, "responses sampled per prompt (G)", type=int)
@@ -87,10 +87,13 @@ class Config:
                                 "mini-batch", type=int)
     max_new_tokens: int = arg(None, "max completion length", type=int)
     temperature: float = arg(1.0, "sampling temperature; log-probs and entropies use the same T")
+    bf16: bool = arg(None, "bf16 autocast in the scoring and update forwards, and a bf16 copy of the weights for "
+                     "sampling (default: on with CUDA, off on CPU)", type=bool)
     logprob_chunk: int = arg(512, "response tokens per chunk of the output layer (bounds logits memory)")
     gradient_checkpointing: bool = arg(False, "recompute the layers' activations in backward (less memory, slower)")
     static_cache: bool = arg(False, "generate with a static KV cache, which transformers compiles with torch.compile "
                              "on GPU (faster decoding after a warm-up compile)")
+    threads: int = arg(None, "CPU threads for torch (default: 1 for --preset tiny, else torch's own)", type=int)
     # --- optimiser (released recipes: AdamW, lr 1e-6, 10 warm-up steps, wd 0.1, grad clip 1.0)
     lr: float = arg(None, "learning rate", type=float)
     warmup_steps: int = arg(None, "linear learning-rate warm-up, in training steps with an update", type=int)
@@ -101,7 +104,9 @@ class Config:
     eval_prompts: int = arg(None, "held-out prompts per evaluation", type=int)
     eval_samples: int = arg(4, "samples per prompt for avg@k accuracy at --eval-temperature")
     eval_temperature: float = arg(1.0, "sampling temperature of the avg@k evaluation")
+    log_every: int = arg(10, "print one console line every N steps (metrics.jsonl gets every step)")
     save_every: int = arg(0, "checkpoint every N steps; always at the end and on Ctrl-C / SIGTERM")
+    save_total_limit: int = arg(3, "keep the newest N checkpoints")
     max_bad_steps: int = arg(3, "stop after this many consecutive steps with a non-finite loss or gradient")
     seed: int = arg(0, "random seed")
     out: str = arg("runs/latest", "output directory: metrics.jsonl, config.json, checkpoints, metrics.png")
@@ -117,21 +122,30 @@ class Config:
         for name, value in {**ALGO_DEFAULTS[self.algo], **PRESETS[self.preset]}.items():
             if getattr(self, name) is None:
                 setattr(self, name, value)
+        if self.bf16 is None:
+            self.bf16 = torch.cuda.is_available()
+        betas_act = self.algo in ("gppo", "cegppo") or (self.beta1, self.beta2) == (1.0, 1.0)
         checks = [  # (condition that must hold, message)
             (0 < self.eps_low <= 1, f"--eps-low must be in (0, 1], got {self.eps_low}"),
             (self.eps_high >= 0, f"--eps-high must be >= 0, got {self.eps_high}"),
             (self.clip_c is None or self.clip_c > 1, f"--clip-c must be > 1, got {self.clip_c}"),
             (self.clip_c is None or self.algo not in ("cispo", "gspo"), f"--clip-c does not apply to {self.algo}"),
+            (betas_act, f"--beta1/--beta2 act only with --algo gppo or cegppo, not {self.algo}"),
+            (self.erc or (self.erc_low, self.erc_high) == (0.95, 1.05), "--erc-low/--erc-high act only with --erc"),
             (0 < self.erc_low < self.erc_high, f"need 0 < --erc-low < --erc-high, got {self.erc_low}, {self.erc_high}"),
             (self.beta1 >= 0 and self.beta2 >= 0, f"--beta1/--beta2 must be >= 0, got {self.beta1}, {self.beta2}"),
             (self.group_size >= 2, f"--group-size must be >= 2 for group advantages, got {self.group_size}"),
-            (min(self.steps, self.prompts_per_step, self.num_minibatches, self.max_new_tokens, self.logprob_chunk) > 0,
-             "--steps, --prompts-per-step, --num-minibatches, --max-new-tokens, --logprob-chunk must be > 0"),
+            (min(self.steps, self.prompts_per_step, self.num_minibatches, self.max_new_tokens, self.logprob_chunk,
+                 self.log_every, self.save_total_limit, self.threads or 1) > 0,
+             "--steps, --prompts-per-step, --num-minibatches, --max-new-tokens, --logprob-chunk, --log-every, "
+             "--save-total-limit, --threads must be > 0"),
             (self.micro_batch_size is None or self.micro_batch_size > 0, "--micro-batch-size must be > 0"),
             (self.prompts_per_step * self.group_size % self.num_minibatches == 0,
              f"--num-minibatches {self.num_minibatches} must divide the rollout batch "
              f"{self.prompts_per_step} x {self.group_size}"),
             (self.temperature > 0, f"--temperature must be > 0, got {self.temperature}"),
+            (self.lr >= 0 and self.weight_decay >= 0 and self.max_grad_norm > 0 and self.sft_coef >= 0,
+             "--lr, --weight-decay, --sft-coef must be >= 0 and --max-grad-norm > 0"),
             (min(self.eval_every, self.save_every, self.eval_temperature) >= 0 and self.eval_samples > 0
              and self.eval_prompts > 0 and self.max_bad_steps > 0,
              "--eval-every, --save-every, --eval-temperature must be >= 0; --eval-samples, --eval-prompts, "
@@ -148,7 +162,7 @@ TINY_CHARS = "0123456789+="
 
 
 def make_tiny_tokenizer():
-    """A character tokenizer built in code; pad == eos, as in Qwen base models (SPEC §1 trap)."""
+    """A character tokenizer built in code; pad == eos, as in Qwen base models (formulas §1)."""
     from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers
     vocab = {token: i for i, token in enumerate(["<|endoftext|>", *TINY_CHARS])}
     tok = Tokenizer(models.WordLevel(vocab, unk_token="<|endoftext|>"))
@@ -181,8 +195,8 @@ def load_model_and_tokenizer(name, device):
         try:
             tokenizer = AutoTokenizer.from_pretrained(name)
             model = AutoModelForCausalLM.from_pretrained(name, dtype=torch.float32)
-        except OSError as e:
-            raise ValueError(f"cannot load model {name!r} ({str(e).splitlines()[0]}); "
+        except Exception as e:  # offline hub, a wrong path, truncated weights: all mean "cannot load"
+            raise ValueError(f"cannot load model {name!r} ({type(e).__name__}: {str(e).splitlines()[0]}); "
                              "without hub access use a local path or --preset tiny") from None
     tokenizer.padding_side = "left"  # generate appends after the prompt
     if tokenizer.pad_token is None:
@@ -221,9 +235,13 @@ def load_data(cfg, tokenizer, split="train"):
     missing = [f for f in (cfg.prompt_field, cfg.answer_field) if f not in data.column_names]
     if missing:
         raise ValueError(f"dataset {cfg.dataset!r} has no field {missing[0]!r}; its fields are {data.column_names}")
-    return data.map(lambda row: {"prompt": format_prompt(row[cfg.prompt_field], tokenizer),
+    data = data.map(lambda row: {"prompt": format_prompt(row[cfg.prompt_field], tokenizer),
                                  "answer": str(row[cfg.answer_field]).split("####")[-1].strip()},
                     remove_columns=data.column_names)
+    unknown = sorted({c for p in data["prompt"] for c in p} - set(TINY_CHARS)) if cfg.model == "tiny" else []
+    if unknown:  # the tiny tokenizer would silently turn each of them into EOS
+        raise ValueError(f"the tiny model's tokenizer knows only {TINY_CHARS!r}; the prompts also hold {unknown}")
+    return data
 
 
 # ================================================================== reward
@@ -266,8 +284,8 @@ def to_number(answer):
 
 
 def reward_fn(completion, answer):
-    """1.0 if the completion's final answer equals the gold answer numerically, else 0.0 (SPEC §6 trap 5:
-    an unparsable gold answer never scores)."""
+    """1.0 if the completion's final answer equals the gold answer numerically, else 0.0 (formulas §6: an
+    unparsable gold answer never scores)."""
     gold, pred = to_number(answer), to_number(extract_answer(completion))
     return float(gold is not None and pred == gold)
 
@@ -282,7 +300,7 @@ def rollout(model, tokenizer, prompts, num_samples, temperature, max_new_tokens,
     # a static cache is compiled for its shape: prompts padded to a multiple of 64 bound the recompilations
     enc = tokenizer(prompts, return_tensors="pt", padding=True, pad_to_multiple_of=64 if static_cache else None,
                     add_special_tokens=False).to(model.device)
-    # SPEC §6 trap 1: every sampling parameter explicit, so the model's generation_config cannot leak in.
+    # formulas §6: every sampling parameter explicit, so the model's generation_config cannot leak in.
     sampling = dict(do_sample=True, temperature=temperature, top_p=1.0, top_k=0) if temperature > 0 else \
         dict(do_sample=False)
     eos = eos_ids(model, tokenizer)
@@ -292,7 +310,8 @@ def rollout(model, tokenizer, prompts, num_samples, temperature, max_new_tokens,
                                cache_implementation="static" if static_cache else "dynamic")
     prompt_mask = enc.attention_mask.repeat_interleave(num_samples, 0)
     response_mask = make_response_mask(sequences[:, enc.input_ids.shape[1]:], eos)
-    return sequences, torch.cat([prompt_mask, response_mask], 1), response_mask
+    first = int(prompt_mask.any(0).int().argmax())  # drop columns that are padding in every row (--static-cache)
+    return sequences[:, first:], torch.cat([prompt_mask, response_mask], 1)[:, first:], response_mask
 
 
 def eos_ids(model, tokenizer):
@@ -301,7 +320,7 @@ def eos_ids(model, tokenizer):
 
 
 def make_response_mask(completion_ids, eos_ids):
-    """1 on sampled tokens up to and including the first EOS, 0 after it (SPEC §1). Built from positions,
+    """1 on sampled tokens up to and including the first EOS, 0 after it (formulas §1). Built from positions,
     never from ids != pad, so it is right when pad == eos. A response with no EOS (truncated) is all 1."""
     is_eos = torch.isin(completion_ids, torch.tensor(eos_ids, device=completion_ids.device)).long()
     eos_before = is_eos.cumsum(1) - is_eos  # [B, T] number of EOS strictly before t
@@ -315,42 +334,57 @@ def response_rewards(tokenizer, input_ids, response_mask, answers, num_samples):
     return torch.tensor([reward_fn(c, a) for c, a in zip(completions, answers)])
 
 
+def make_sampler(model, bf16):
+    """The model that generates: the policy itself, or with --bf16 a copy whose parameters are bf16 (half the
+    bytes read per decoded token). Buffers keep the policy's dtype (formulas §6): RoPE's inv_freq rounded to bf16
+    would sample from another policy, and load_state_dict never refreshes these non-persistent buffers."""
+    if not bf16:
+        return model
+    sampler = copy.deepcopy(model).eval()
+    for p in sampler.parameters():
+        p.data = p.data.to(torch.bfloat16)
+    return sampler
+
+
 # ================================================================== log-probs and entropies
 class TokenLogpAndEntropy(torch.autograd.Function):
-    """log p(target) (with gradient) and entropy (without, SPEC §4) of softmax(hidden @ W.T / T) over the whole
-    vocabulary (SPEC §6 trap 2), `chunk` tokens at a time. Backward recomputes each chunk's logits, so memory
-    holds one [chunk, V] float32 block at a time, never [N, V] (SPEC §6 trap 7). Plumbing: no need to touch."""
+    """log p(target) (with gradient) and entropy (without, formulas §4) of softmax(hidden @ W.T / T) over the whole
+    vocabulary, `chunk` tokens at a time. Logits are fp32 even under bf16 autocast (formulas §6: ERC's +-5% band
+    must not see bf16 rounding). Backward recomputes each chunk's logits, so memory holds one [chunk, V] float32
+    block at a time, never [N, V]. Plumbing: no need to touch."""
 
     @staticmethod
-    @torch.amp.custom_fwd(device_type="cuda")
     def forward(ctx, hidden, weight, targets, temperature, chunk):  # hidden [N, H], weight [V, H], targets [N]
         logps, entropies, lses = [], [], []
-        for h, y in zip(hidden.split(chunk), targets.split(chunk)):
-            logits = (h @ weight.T).float().div_(temperature)  # [chunk, V]; with `exp` the only [chunk, V] blocks
-            top = logits.amax(-1, keepdim=True)
-            exp = (logits - top).exp_()  # softmax numerator; in-place ops keep CPU allocations (page faults) down
-            total = exp.sum(-1)
-            lse = top.squeeze(-1) + total.log()
-            logps.append(logits.gather(-1, y[:, None]).squeeze(-1) - lse)
-            entropies.append(lse - exp.mul_(logits).sum(-1) / total)  # H = lse - sum p * logit
-            lses.append(lse)
+        with torch.autocast(hidden.device.type, enabled=False):  # fp32 logits
+            w = weight.float()
+            for h, y in zip(hidden.split(chunk), targets.split(chunk)):
+                logits = (h.float() @ w.T).div_(temperature)  # [chunk, V]; with `exp` the only [chunk, V] blocks
+                top = logits.amax(-1, keepdim=True)
+                exp = (logits - top).exp_()  # softmax numerator; in-place ops keep CPU allocations (page faults) down
+                total = exp.sum(-1)
+                lse = top.squeeze(-1) + total.log()
+                logps.append(logits.gather(-1, y[:, None]).squeeze(-1) - lse)
+                entropies.append(lse - exp.mul_(logits).sum(-1) / total)  # H = lse - sum p * logit
+                lses.append(lse)
         ctx.save_for_backward(hidden, weight, targets, torch.cat(lses))
         ctx.temperature, ctx.chunk = temperature, chunk
         return torch.cat(logps), torch.cat(entropies)
 
     @staticmethod
-    @torch.amp.custom_bwd(device_type="cuda")
     def backward(ctx, grad_logp, grad_entropy):
         hidden, weight, targets, lse = ctx.saved_tensors
-        grad_hidden, grad_weight = torch.empty_like(hidden), torch.zeros_like(weight, dtype=torch.float32)
-        for i in range(0, len(hidden), ctx.chunk):
-            h, y, g = hidden[i:i + ctx.chunk], targets[i:i + ctx.chunk], grad_logp[i:i + ctx.chunk]
-            scale = g[:, None] / ctx.temperature
-            logits = (h @ weight.T).float().div_(ctx.temperature)
-            grad_logits = logits.sub_(lse[i:i + ctx.chunk, None]).exp_().mul_(-scale)  # d logp(y)/d logits * g
-            grad_logits = grad_logits.scatter_add_(-1, y[:, None], scale).to(h.dtype)  # = (onehot(y) - p) * g / T
-            grad_hidden[i:i + ctx.chunk] = grad_logits @ weight.to(h.dtype)
-            grad_weight += (grad_logits.T @ h).float()
+        c = ctx.chunk
+        with torch.autocast(hidden.device.type, enabled=False):  # fp32 here too
+            w = weight.float()
+            grad_hidden, grad_weight = torch.empty_like(hidden), torch.zeros_like(w)
+            for i in range(0, len(hidden), c):
+                h, y, scale = hidden[i:i + c].float(), targets[i:i + c], grad_logp[i:i + c, None] / ctx.temperature
+                logits = (h @ w.T).div_(ctx.temperature)
+                grad_logits = logits.sub_(lse[i:i + c, None]).exp_().mul_(-scale)  # d logp(y) / d logits * g
+                grad_logits.scatter_add_(-1, y[:, None], scale)  # = (onehot(y) - p) * g / T
+                grad_hidden[i:i + c] = grad_logits @ w
+                grad_weight.addmm_(grad_logits.T, h)
         return grad_hidden, grad_weight.to(weight.dtype), None, None, None
 
 
@@ -358,10 +392,10 @@ def logp_and_entropy(model, input_ids, attention_mask, response_mask, temperatur
     """Log-prob of every response token and the full-vocabulary entropy at its position, both [B, T]
     (0 where response_mask is 0). The output layer runs on response tokens only, `chunk` at a time: memory grows
     with the hidden states [B, P+T, H] and one [chunk, V] float32 block, never with B x T x V."""
-    # SPEC §6 trap 3: with left padding, positions count from each row's first real token.
+    # formulas §6: with left padding, positions count from each row's first real token.
     position_ids = (attention_mask.cumsum(1) - 1).clamp(min=0)
-    hidden = model.base_model(input_ids=input_ids, attention_mask=attention_mask,
-                              position_ids=position_ids).last_hidden_state  # [B, P+T, H]
+    hidden = model.base_model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
+                              use_cache=False).last_hidden_state  # [B, P+T, H]; no KV cache outside generate
     n_prompt = input_ids.shape[1] - response_mask.shape[1]
     valid = response_mask.bool()
     hidden = hidden[:, n_prompt - 1:-1][valid]  # [N, H]: the positions that predict real response tokens
@@ -374,8 +408,8 @@ def logp_and_entropy(model, input_ids, attention_mask, response_mask, temperatur
 
 # ================================================================== advantages
 def group_advantages(rewards, group_size):
-    """GRPO (DeepSeekMath, SPEC §2): A_i = (R_i - mean_g R) / (std_g R + 1e-6), unbiased std, groups
-    consecutive. [B] -> [B]. A group with all rewards equal gets exactly 0 (SPEC §2)."""
+    """GRPO (DeepSeekMath, formulas §2): A_i = (R_i - mean_g R) / (std_g R + 1e-6), unbiased std, groups
+    consecutive. [B] -> [B]. A group with all rewards equal gets exactly 0."""
     if group_size < 2:
         raise ValueError("group advantages need group_size >= 2")
     r = rewards.view(-1, group_size)  # [num_groups, G]
@@ -385,16 +419,16 @@ def group_advantages(rewards, group_size):
 
 def group_varies(rewards, group_size):
     """[B] True where the response's group does not have all-equal rewards. DAPO's dynamic sampling keeps
-    exactly these responses (SPEC §3.2; no top-up)."""
+    exactly these responses (formulas §3.2; no top-up)."""
     r = rewards.view(-1, group_size)
     return (r != r[:, :1]).any(1).repeat_interleave(group_size)
 
 
 # ================================================================== policy losses (+ ERC)
-def policy_loss(logp, old_logp, advantages, response_mask, cfg, entropy=None, old_entropy=None, denom=None):
-    """SPEC §3-§4. logp, old_logp, response_mask, entropy, old_entropy: [B, T]; advantages: [B].
-    denom: the whole mini-batch's token count (sequence count for gspo) under gradient accumulation;
-    default: this batch's. Returns (scalar loss to minimise, dict of float stats)."""
+def policy_loss(logp, old_logp, advantages, response_mask, cfg, entropy=None, old_entropy=None):
+    """Per-token loss of the chosen variant, with ERC on top (formulas §3-§4). logp, old_logp, response_mask,
+    entropy, old_entropy: [B, T]; advantages: [B]. Returns loss_tok [B, T] (aggregated in `objective`) and the
+    [B, T] masks of tokens clipped by the variant and by ERC."""
     if cfg.erc and (entropy is None or old_entropy is None):
         raise ValueError("ERC needs entropy and old_entropy")
     mask = response_mask.float()
@@ -402,7 +436,7 @@ def policy_loss(logp, old_logp, advantages, response_mask, cfg, entropy=None, ol
     lo, hi = 1 - cfg.eps_low, 1 + cfg.eps_high
     log_ratio = (logp - old_logp) * mask  # 0 on padding, so exp never overflows there
     if cfg.algo == "gspo":
-        # GSPO-token (GSPO paper, SPEC §3.6): s_i,t = sg(s_i) * exp(logp - sg(logp)), s_i the length-normalised
+        # GSPO-token (GSPO paper, formulas §3.6): s_i,t = sg(s_i) * exp(logp - sg(logp)), s_i the length-normalised
         # sequence ratio; same value and gradient as sequence-level GSPO since A is shared by the sequence.
         seq_log_ratio = log_ratio.sum(1, keepdim=True) / mask.sum(1, keepdim=True).clamp(min=1)
         ratio = torch.exp(seq_log_ratio.detach() + logp - logp.detach())  # [B, T]
@@ -412,103 +446,157 @@ def policy_loss(logp, old_logp, advantages, response_mask, cfg, entropy=None, ol
 
     # --- each variant's per-token loss l [B, T]; read them side by side
     if cfg.algo in ("grpo", "dapo", "gspo"):
-        # PPO-clip (GRPO, SPEC §3.1; DAPO = the same with clip-higher eps, §3.2; GSPO applies it to s_i,t, §3.6).
+        # PPO-clip (GRPO, formulas §3.1; DAPO = the same with clip-higher eps, §3.2; GSPO applies it to s_i,t, §3.6).
         loss_tok = torch.maximum(-A * ratio, -A * ratio.clamp(lo, hi))
     elif cfg.algo in ("gppo", "cegppo"):
-        # CE-GPPO (SPEC §3.4): a clipped token keeps the clipped value but a gradient through r / sg(r), scaled
-        # by beta. GPPO (Klear-Reasoner, SPEC §3.3) is beta1 = beta2 = 1: PPO-clip's value, gradient lo or hi.
+        # CE-GPPO (formulas §3.4): a clipped token keeps the clipped value but a gradient through r / sg(r), scaled
+        # by beta. GPPO (Klear-Reasoner, §3.3) is beta1 = beta2 = 1: PPO-clip's value, gradient lo or hi.
         keep_grad = ratio / r  # value 1, gradient of r
         loss_tok = torch.where((A < 0) & (r < lo), -A * cfg.beta1 * lo * keep_grad,
                    torch.where((A > 0) & (r > hi), -A * cfg.beta2 * hi * keep_grad, -A * ratio))
     elif cfg.algo == "cispo":
-        # CISPO (MiniMax-M1, SPEC §3.5): REINFORCE with a clipped, stop-gradient IS weight; no token loses its gradient.
+        # CISPO (MiniMax-M1, formulas §3.5): REINFORCE with a clipped, stop-gradient IS weight; no token loses its
+        # gradient.
         loss_tok = -A * ratio.clamp(lo, hi).detach() * logp
     if cfg.clip_c is not None:
         # Dual clip (arXiv 1912.09729), part of the authors' released losses: for A < 0 cap the loss at -A c.
         loss_tok = torch.where(A < 0, torch.minimum(loss_tok, -A * cfg.clip_c), loss_tok)
     clipped = (r < lo) | (r > hi) if cfg.algo == "cispo" else ((A > 0) & (r > hi)) | ((A < 0) & (r < lo))
 
-    # --- ERC (ERC paper, SPEC §4): rho = H / H_old per token; a token with rho outside (erc_low, erc_high)
-    # keeps its loss value but loses its gradient, and still counts in the denominator. Any variant, any sign of A.
-    erc_clipped = torch.zeros_like(clipped)
-    if cfg.erc:
-        entropy_ratio = (entropy + 1e-8) / (old_entropy + 1e-8)
-        erc_clipped = (entropy_ratio <= cfg.erc_low) | (entropy_ratio >= cfg.erc_high)
-        loss_tok = torch.where(erc_clipped, loss_tok.detach(), loss_tok)
+    # --- ERC (ERC paper, formulas §4): a token whose entropy ratio leaves (erc_low, erc_high) keeps its loss value
+    # but loses its gradient, and still counts in the denominator. Any variant, any sign of A.
+    erc_clipped = outside_erc_band(entropy, old_entropy, cfg) if cfg.erc else torch.zeros_like(clipped)
+    loss_tok = torch.where(erc_clipped, loss_tok.detach(), loss_tok)
+    return loss_tok, clipped, erc_clipped
 
-    # --- aggregation (SPEC §3): token mean over the mini-batch; gspo: mean over sequences of per-sequence means
-    if cfg.algo == "gspo":
-        per_seq = (loss_tok * mask).sum(1) / mask.sum(1).clamp(min=1)
-        loss = per_seq.sum() / (denom or len(per_seq))
-    else:
-        loss = (loss_tok * mask).sum() / (denom or mask.sum().clamp(min=1))
-    n_valid = mask.sum().clamp(min=1)
-    stats = dict(clip_frac=((clipped * mask).sum() / n_valid).item(),
-                 erc_clip_frac=((erc_clipped * mask).sum() / n_valid).item())
-    return loss, stats
+
+def outside_erc_band(entropy, old_entropy, cfg):
+    """ERC's test (formulas §4): rho = (H + 1e-8) / (H_old + 1e-8) is kept only strictly inside the band."""
+    entropy_ratio = (entropy + 1e-8) / (old_entropy + 1e-8)
+    return (entropy_ratio <= cfg.erc_low) | (entropy_ratio >= cfg.erc_high)
+
+
+# ================================================================== objective: every loss term and its normaliser
+def objective(logp, entropy, micro, minibatch, cfg):
+    """The loss of one micro-batch. logp, entropy: [b, T] from the training forward; micro: this micro-batch's
+    rollout tensors (old_logp, old_entropy, advantages, rewards, response_mask); minibatch: the whole mini-batch's.
+    Every normaliser counts the whole mini-batch, so losses and stats of the micro-batches add up to the
+    mini-batch's (formulas §3). Returns (loss to minimise, dict of detached scalar stats)."""
+    mask = micro["response_mask"].float()  # [b, T]
+    n_tokens = minibatch["response_mask"].sum()
+    loss_tok, clipped, erc_clipped = policy_loss(logp, micro["old_logp"], micro["advantages"], mask, cfg,
+                                                 entropy, micro["old_entropy"])
+    if cfg.algo == "gspo":  # mean over sequences of each sequence's token mean (formulas §3.6)
+        policy = ((loss_tok * mask).sum(1) / mask.sum(1).clamp(min=1)).sum() / len(minibatch["response_mask"])
+    else:  # token mean over the mini-batch (formulas §3); ERC-clipped tokens still count
+        policy = (loss_tok * mask).sum() / n_tokens
+    # Klear-Reasoner §3.2.3: token-mean NLL of the correct responses, not gated by ERC (--sft-coef; recipes: 0.1)
+    correct = mask * (micro["rewards"] > 0)[:, None]
+    n_correct = (minibatch["response_mask"] * (minibatch["rewards"] > 0)[:, None]).sum().clamp(min=1)
+    sft = -(logp * correct).sum() / n_correct
+    loss = policy + cfg.sft_coef * sft
+    stats = dict(loss=loss, policy_loss=policy, sft_loss=sft, clip_frac=(clipped * mask).sum() / n_tokens,
+                 erc_clip_frac=(erc_clipped * mask).sum() / n_tokens)
+    return loss, {k: v.detach().float() for k, v in stats.items()}
 
 
 # ================================================================== update
-def bf16_autocast(device):
-    """bf16 autocast on GPU (fp32 master weights); a no-op on CPU."""
-    return torch.autocast("cuda", dtype=torch.bfloat16, enabled=device.type == "cuda")
+def autocast(cfg, device):
+    """--bf16: bf16 autocast around the model's forward (fp32 master weights); the output layer stays fp32."""
+    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=cfg.bf16)
 
 
-def sft_loss(logp, response_mask, rewards, denom):
-    """Klear-Reasoner §3.2.3: token-mean NLL of the correct responses (not gated by ERC)."""
-    correct = response_mask * (rewards[:, None] > 0)
-    return -(logp * correct).sum() / max(denom, 1)
+def plan_minibatches(n, cfg):
+    """One epoch over n responses: a shuffled split into num_minibatches, each a list of micro-batch index tensors.
+    Old-policy scoring and the update run this same plan, so equal shapes give equal numbers (formulas §6)."""
+    return [mb.split(cfg.micro_batch_size or len(mb)) for mb in torch.randperm(n).tensor_split(cfg.num_minibatches)
+            if len(mb)]
 
 
-def train_on_batch(model, optimizer, batch, cfg):
-    """num_minibatches optimizer steps on one rollout batch (one epoch, shuffled). batch: dict of [B, ...]
-    tensors from the rollout with old_logp / old_entropy / advantages / rewards. Returns mean stats."""
-    B = len(batch["advantages"])
-    history, updates, bad_updates = [], 0, 0
-    for mb in torch.randperm(B).tensor_split(cfg.num_minibatches):
-        if len(mb) == 0:
-            continue
-        # Token mean over the whole mini-batch, also under gradient accumulation (SPEC §6 trap 6).
-        denom = len(mb) if cfg.algo == "gspo" else batch["response_mask"][mb].sum().item()
-        sft_denom = (batch["response_mask"][mb] * (batch["rewards"][mb, None] > 0)).sum().item()
+def take(batch, index):
+    return {k: v[index] for k, v in batch.items()}
+
+
+@torch.no_grad()
+def score_old_policy(model, batch, minibatches, cfg):
+    """old_logp and old_entropy [B, T] with the pre-update weights, without autograd (formulas §4)."""
+    model.eval()
+    old_logp = torch.zeros(batch["response_mask"].shape, device=model.device)
+    old_entropy = torch.zeros_like(old_logp)
+    for micro in (idx for micros in minibatches for idx in micros):
+        with autocast(cfg, model.device):
+            old_logp[micro], old_entropy[micro] = logp_and_entropy(
+                model, batch["input_ids"][micro], batch["attention_mask"][micro], batch["response_mask"][micro],
+                cfg.temperature, cfg.logprob_chunk)
+    return old_logp, old_entropy
+
+
+def train_on_batch(model, optimizer, batch, minibatches, cfg):
+    """One optimizer step per mini-batch, accumulating gradients over its micro-batches. Returns the stats of
+    `objective` averaged over mini-batches, grad_norm, update counts, and the first mini-batch's noise floor."""
+    model.train()
+    totals, updates, nonfinite = {}, 0, 0
+    first_err, first_outside, first_tokens = 0.0, 0, 0
+    for i, micros in enumerate(minibatches):
+        minibatch = take(batch, torch.cat(micros))
         optimizer.zero_grad(set_to_none=True)
-        for micro in mb.split(cfg.micro_batch_size or len(mb)):
-            b = {k: v[micro] for k, v in batch.items()}
-            with bf16_autocast(model.device):
-                logp, entropy = logp_and_entropy(model, b["input_ids"], b["attention_mask"], b["response_mask"],
-                                                 cfg.temperature, cfg.logprob_chunk)
-            loss, stats = policy_loss(logp, b["old_logp"], b["advantages"], b["response_mask"], cfg,
-                                      entropy=entropy, old_entropy=b["old_entropy"], denom=denom)
-            if cfg.sft_coef > 0:
-                loss = loss + cfg.sft_coef * sft_loss(logp, b["response_mask"], b["rewards"], sft_denom)
+        for idx in micros:
+            micro = take(batch, idx)
+            with autocast(cfg, model.device):
+                logp, entropy = logp_and_entropy(model, micro["input_ids"], micro["attention_mask"],
+                                                 micro["response_mask"], cfg.temperature, cfg.logprob_chunk)
+            loss, stats = objective(logp, entropy, micro, minibatch, cfg)
             loss.backward()
-            history.append(dict(stats, loss=loss.item()))
+            for k, v in stats.items():  # micro-batch shares add up to the mini-batch's value
+                totals[k] = totals.get(k, 0.0) + v
+            if i == 0:  # before this step's first update r = H / H_old = 1: any difference is numerical noise
+                valid = micro["response_mask"].bool()
+                first_err = max(first_err, (logp - micro["old_logp"])[valid].exp().sub(1).abs().max().item())
+                first_outside += int(outside_erc_band(entropy, micro["old_entropy"], cfg)[valid].sum())
+                first_tokens += int(valid.sum())
         grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.max_grad_norm)
+        totals["grad_norm"] = totals.get("grad_norm", 0.0) + grad_norm
         if torch.isfinite(grad_norm):  # a NaN / inf loss or gradient: skip this update, keep the weights
             optimizer.step()
             updates += 1
         else:
-            bad_updates += 1
-        history[-1]["grad_norm"] = grad_norm.item()
-    stats = {k: sum(h[k] for h in history if k in h) / sum(k in h for h in history) for k in history[-1]}
-    return dict(stats, updates=updates, nonfinite_updates=bad_updates)
+            nonfinite += 1
+    stats = {k: v.item() / len(minibatches) for k, v in totals.items()}
+    return dict(stats, updates=updates, nonfinite_updates=nonfinite, first_mb_max_ratio_err=first_err,
+                first_mb_erc_clip_frac=first_outside / first_tokens)
 
 
-# ================================================================== loop
-@torch.no_grad()
-def score_old_policy(model, batch, cfg):
-    """old_logp and old_entropy [B, T] with the pre-update weights, without autograd (SPEC §4)."""
-    model.eval()
-    logps, entropies = [], []
-    for micro in torch.arange(len(batch["input_ids"])).split(cfg.micro_batch_size or len(batch["input_ids"])):
-        with bf16_autocast(model.device):
-            lp, ent = logp_and_entropy(model, batch["input_ids"][micro], batch["attention_mask"][micro],
-                                       batch["response_mask"][micro], cfg.temperature, cfg.logprob_chunk)
-        logps.append(lp)
-        entropies.append(ent)
-    return torch.cat(logps), torch.cat(entropies)
+# ================================================================== one training step: the algorithm, whole
+def train_step(cfg, model, sampler, optimizer, scheduler, tokenizer, rows):
+    """Rollout, reward, advantages, old-policy scoring, updates for one batch of prompts; returns its metrics.
+    model: the policy being trained; sampler: the model that generates (itself, or its bf16 copy)."""
+    t0 = time.time()
+    input_ids, attention_mask, response_mask = rollout(sampler, tokenizer, rows["prompt"], cfg.group_size,
+                                                       cfg.temperature, cfg.max_new_tokens, cfg.static_cache)
+    rewards = response_rewards(tokenizer, input_ids, response_mask, rows["answer"], cfg.group_size).to(model.device)
+    batch = dict(input_ids=input_ids, attention_mask=attention_mask, response_mask=response_mask, rewards=rewards,
+                 advantages=group_advantages(rewards, cfg.group_size))
+    record = dict(reward=rewards.mean().item(), response_len=response_mask.sum(1).float().mean().item(),
+                  gen_time=time.time() - t0)
+    t0 = time.time()
+    if cfg.dynamic_sampling:  # DAPO: drop every group whose rewards are all equal (formulas §3.2)
+        batch = take(batch, group_varies(rewards, cfg.group_size))
+    record.update(kept_groups=len(batch["rewards"]) // cfg.group_size, skipped=int(len(batch["rewards"]) == 0))
+    if record["skipped"]:
+        return record
+    minibatches = plan_minibatches(len(batch["rewards"]), cfg)
+    batch["old_logp"], batch["old_entropy"] = score_old_policy(model, batch, minibatches, cfg)
+    record["entropy"] = (batch["old_entropy"].sum() / batch["response_mask"].sum()).item()  # old policy, per token
+    record.update(train_on_batch(model, optimizer, batch, minibatches, cfg))
+    if record["updates"]:
+        scheduler.step()  # warm-up counts training steps that updated
+    if sampler is not model:
+        sampler.load_state_dict(model.state_dict())  # the sampler follows the policy (cast to bf16 on copy)
+    record["train_time"] = time.time() - t0
+    return record
 
 
+# ================================================================== the loop and its plumbing
 @torch.no_grad()
 def evaluate(model, tokenizer, data, cfg):
     """Accuracy on held-out prompts: greedy, and avg@k (mean over k samples at --eval-temperature)."""
@@ -525,30 +613,40 @@ def evaluate(model, tokenizer, data, cfg):
     return result
 
 
+def fail(message):
+    """Bad input or an unusable file: one line on stderr, exit code 2, no traceback."""
+    print(f"erc_minimal: error: {message}", file=sys.stderr)
+    sys.exit(2)
+
+
 def save_checkpoint(cfg, step, model, tokenizer, optimizer, scheduler, order):
-    """OUT/checkpoint-STEP (save_pretrained model + tokenizer, trainer_state.pt), written under a temporary
-    name and renamed; then OUT/latest is replaced atomically. A crash mid-write leaves the previous one intact."""
+    """OUT/checkpoint-STEP (save_pretrained model + tokenizer, trainer_state.pt), written under a temporary name
+    and renamed; then OUT/latest is replaced atomically. A crash mid-write leaves the previous one intact."""
     name = f"checkpoint-{step}"
     final, tmp = os.path.join(cfg.out, name), os.path.join(cfg.out, name + ".tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    model.save_pretrained(tmp)
-    tokenizer.save_pretrained(tmp)
-    torch.save(dict(step=step, optimizer=optimizer.state_dict(), scheduler=scheduler.state_dict(), order=order,
-                    rng=torch.get_rng_state(), cuda_rng=torch.cuda.get_rng_state_all()),
-               os.path.join(tmp, "trainer_state.pt"))
-    shutil.rmtree(final, ignore_errors=True)
-    os.replace(tmp, final)
-    with open(os.path.join(cfg.out, "latest.tmp"), "w") as f:
-        f.write(name)
-    os.replace(os.path.join(cfg.out, "latest.tmp"), os.path.join(cfg.out, "latest"))
-    for old in os.listdir(cfg.out):
-        if old.startswith("checkpoint-") and old != name:
-            shutil.rmtree(os.path.join(cfg.out, old))
+    try:
+        shutil.rmtree(tmp, ignore_errors=True)
+        model.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+        torch.save(dict(step=step, optimizer=optimizer.state_dict(), scheduler=scheduler.state_dict(), order=order,
+                        rng=torch.get_rng_state(), cuda_rng=torch.cuda.get_rng_state_all()),
+                   os.path.join(tmp, "trainer_state.pt"))
+        shutil.rmtree(final, ignore_errors=True)
+        os.replace(tmp, final)
+        Path(cfg.out, "latest.tmp").write_text(name)
+        os.replace(os.path.join(cfg.out, "latest.tmp"), os.path.join(cfg.out, "latest"))
+    except OSError as e:  # a full disk, say: the previous checkpoint and `latest` are untouched
+        shutil.rmtree(tmp, ignore_errors=True)
+        fail(f"cannot write checkpoint {tmp}: {e}")
+    for old in checkpoints(cfg.out)[:-cfg.save_total_limit]:
+        shutil.rmtree(os.path.join(cfg.out, old))
     return final
 
 
-def read_jsonl(path):
-    return [json.loads(line) for line in Path(path).read_text().splitlines()]
+def checkpoints(out):
+    """Names of the complete checkpoints in OUT, oldest first."""
+    names = [n for n in os.listdir(out) if re.fullmatch(r"checkpoint-\d+", n)]
+    return sorted(names, key=lambda n: int(n.split("-")[1]))
 
 
 def latest_checkpoint(out):
@@ -556,30 +654,81 @@ def latest_checkpoint(out):
     return os.path.join(out, Path(path).read_text().strip()) if os.path.exists(path) else None
 
 
+def read_jsonl(path):
+    """The records of a JSONL file. A torn last line (a kill in the middle of writing it) is dropped with a
+    warning; a malformed line elsewhere is an error naming the file and line."""
+    lines = Path(path).read_text().splitlines()
+    records = []
+    for number, line in enumerate(lines, 1):
+        try:
+            records.append(json.loads(line))
+        except json.JSONDecodeError:
+            if number < len(lines):
+                raise ValueError(f"{path}, line {number}: not valid JSON") from None
+            print(f"warning: {path}: dropped a torn last line (a step after the checkpoint; it will be redone)")
+    return records
+
+
+def start_or_resume(cfg, optimizer, scheduler):
+    """(first step, data order, metrics so far). With --resume: optimizer, scheduler, data order and RNG as the
+    latest checkpoint saved them, so the run continues bit for bit; otherwise OUT's old checkpoints are removed."""
+    os.makedirs(cfg.out, exist_ok=True)
+    metrics_path = os.path.join(cfg.out, "metrics.jsonl")
+    start, order, history = 0, [], []
+    if cfg.resume:
+        state_path = os.path.join(latest_checkpoint(cfg.out), "trainer_state.pt")
+        try:
+            state = torch.load(state_path, weights_only=False)
+        except Exception as e:  # missing or truncated: which file, not a deep traceback
+            fail(f"cannot load {state_path} ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})")
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        start, order = state["step"], state["order"]
+        torch.set_rng_state(state["rng"])
+        torch.cuda.set_rng_state_all(state["cuda_rng"])
+        history = [r for r in read_jsonl(metrics_path) if r["step"] < start]  # later steps will be redone
+    else:
+        for name in os.listdir(cfg.out):  # a fresh run: drop what an earlier run (--overwrite) left in OUT
+            path = os.path.join(cfg.out, name)
+            if name.startswith("checkpoint-"):
+                shutil.rmtree(path)
+            elif name == "latest":
+                os.remove(path)
+    Path(cfg.out, "config.json").write_text(json.dumps(dataclasses.asdict(cfg), indent=1))
+    Path(metrics_path + ".tmp").write_text("".join(json.dumps(r) + "\n" for r in history))
+    os.replace(metrics_path + ".tmp", metrics_path)  # atomic: a crash here loses no saved line
+    return start, order, history
+
+
+def log_step(cfg, record, progress):
+    """Every step: one line of metrics.jsonl. Every --log-every steps (and on evaluation): one console line."""
+    with open(os.path.join(cfg.out, "metrics.jsonl"), "a") as f:
+        f.write(json.dumps(record) + "\n")
+    progress.set_postfix(reward=f"{record['reward']:.2f}")
+    if (record["step"] + 1) % cfg.log_every and not any(k.startswith("eval_") for k in record):
+        return
+    shown = dict(reward="reward", entropy="entropy", clip_frac="clip", erc_clip_frac="erc_clip")
+    line = [f"step {record['step'] + 1:>4}"] + [f"{name} {record[k]:.3f}" for k, name in shown.items() if k in record]
+    line += [f"{k} {v:.3f}" for k, v in record.items() if k.startswith("eval_")]
+    tqdm.write("  ".join(line + [f"{record['gen_time'] + record.get('train_time', 0):.2f} s/step"]))
+
+
 def plot_metrics(out):
     """OUT/metrics.png: reward (and eval accuracy), entropy, clip fractions per step. Needs matplotlib."""
-    try:
-        import matplotlib
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        print("(pip install matplotlib to get OUT/metrics.png)")
-        return None
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
     rows = read_jsonl(os.path.join(out, "metrics.jsonl"))
-    steps = [r["step"] for r in rows]
     fig, axes = plt.subplots(1, 3, figsize=(13, 3.4))
-    axes[0].plot(steps, [r["reward"] for r in rows], label="train reward", lw=1)
-    for key in sorted({k for r in rows for k in r if k.startswith("eval_")}):
-        points = [(r["step"], r[key]) for r in rows if key in r]
-        axes[0].plot(*zip(*points), "o-", label=key)
-    axes[1].plot(steps, [r["entropy"] for r in rows], lw=1)
-    axes[2].plot(steps, [r["clip_frac"] for r in rows], label="clip_frac", lw=1)
-    axes[2].plot(steps, [r["erc_clip_frac"] for r in rows], label="erc_clip_frac", lw=1)
-    for ax, title in zip(axes, ("reward / accuracy", "entropy (old policy)", "clipped token fraction")):
+    panels = (("reward / accuracy", ["reward"] + sorted({k for r in rows for k in r if k.startswith("eval_")})),
+              ("entropy (old policy)", ["entropy"]), ("clipped token fraction", ["clip_frac", "erc_clip_frac"]))
+    for ax, (title, keys) in zip(axes, panels):
+        for key in keys:
+            points = [(r["step"], r[key]) for r in rows if key in r]
+            ax.plot(*zip(*points), "o-" if key.startswith("eval_") else "-", label=key, lw=1)
         ax.set_title(title)
         ax.set_xlabel("step")
-    axes[0].legend()
-    axes[2].legend()
+        ax.legend()
     fig.tight_layout()
     path = os.path.join(out, "metrics.png")
     fig.savefig(path, dpi=100)
@@ -587,14 +736,33 @@ def plot_metrics(out):
     return path
 
 
+def summarize(cfg, history, seconds):
+    """End of run: first-10 and last-10 step means of the main metrics, the final evaluation, where things are."""
+    print(f"done: {cfg.steps} steps, {seconds:.0f} s this session")
+    for key in ("reward", "entropy", "erc_clip_frac"):
+        first, last = ([r[key] for r in rows if key in r] for rows in (history[:10], history[-10:]))
+        if first and last:
+            print(f"  {key}: {sum(first) / len(first):.3f} -> {sum(last) / len(last):.3f}")
+    for key, value in history[-1].items():
+        if key.startswith("eval_"):
+            print(f"  {key}: {value:.3f}")
+    print(f"  metrics {os.path.join(cfg.out, 'metrics.jsonl')}, checkpoint {latest_checkpoint(cfg.out)}")
+    try:
+        print(f"  plot {plot_metrics(cfg.out)}")
+    except ImportError:
+        print("  (pip install matplotlib for OUT/metrics.png)")
+
+
 def setup(cfg):
     """Model, tokenizer, train and eval data; every user-input problem surfaces here as a ValueError."""
-    metrics = os.path.join(cfg.out, "metrics.jsonl")
     if cfg.resume and not latest_checkpoint(cfg.out):
         raise ValueError(f"--resume: {cfg.out!r} has no checkpoint to resume from")
-    if os.path.exists(metrics) and not (cfg.resume or cfg.overwrite):
+    if os.path.exists(os.path.join(cfg.out, "metrics.jsonl")) and not (cfg.resume or cfg.overwrite):
         raise ValueError(f"--out {cfg.out!r} holds another run's metrics; add --resume to continue it or "
                          "--overwrite to start over")
+    if cfg.threads:  # the tiny model is too small to gain from intra-op threads, and loses much on a busy CPU
+        torch.set_num_threads(cfg.threads)
+    torch.set_float32_matmul_precision("highest")  # fp32 matmuls stay fp32, not TF32 (formulas §6)
     torch.manual_seed(cfg.seed)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     # on --resume, weights and tokenizer come from the checkpoint (the config from OUT/config.json, see main)
@@ -606,110 +774,40 @@ def setup(cfg):
 
 
 def train(cfg, model, tokenizer, data, eval_data=None, stop=()):
-    """The loop. `stop` becomes non-empty when the run should save and return (main's signal handler)."""
-    device = model.device
+    """The loop: train_step on each batch of prompts, and the plumbing around it. `stop` becomes non-empty when
+    the run should save and return (main's signal handler)."""
     optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay, fused=True)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: min(1.0, (step + 1) / (cfg.warmup_steps + 1)))
-    os.makedirs(cfg.out, exist_ok=True)
-    metrics_path = os.path.join(cfg.out, "metrics.jsonl")
-    start, order, history = 0, [], []
-    if cfg.resume:  # continue bit for bit: optimizer, scheduler, data order and RNG as they were saved
-        state = torch.load(os.path.join(latest_checkpoint(cfg.out), "trainer_state.pt"), weights_only=False)
-        optimizer.load_state_dict(state["optimizer"])
-        scheduler.load_state_dict(state["scheduler"])
-        start, order = state["step"], state["order"]
-        torch.set_rng_state(state["rng"])
-        torch.cuda.set_rng_state_all(state["cuda_rng"])
-        history = read_jsonl(metrics_path)
-        history = [r for r in history if r["step"] < start]  # steps after the checkpoint will be redone
-    else:  # a fresh run: drop checkpoints an earlier run (--overwrite) left in OUT
-        for name in os.listdir(cfg.out):
-            if name.startswith("checkpoint-"):
-                shutil.rmtree(os.path.join(cfg.out, name))
-            elif name == "latest":
-                os.remove(os.path.join(cfg.out, name))
-    with open(os.path.join(cfg.out, "config.json"), "w") as f:
-        json.dump(dataclasses.asdict(cfg), f, indent=1)
-    with open(metrics_path + ".tmp", "w") as f:  # replaced atomically: a crash here loses no saved line
-        f.writelines(json.dumps(r) + "\n" for r in history)
-    os.replace(metrics_path + ".tmp", metrics_path)
-
-    # GPU: sample from a bf16 copy of the weights (half the bytes read per decoded token), refreshed after each
-    # update. Old log-probs are recomputed by the trained model (as verl does), so the first ratio is exactly 1.
-    sampler = copy.deepcopy(model).to(torch.bfloat16).eval() if device.type == "cuda" else model
+    start, order, history = start_or_resume(cfg, optimizer, scheduler)
+    sampler = make_sampler(model, cfg.bf16)
     bad_steps, warned, t_start = 0, False, time.time()
     progress = tqdm(range(start, cfg.steps), initial=start, total=cfg.steps, dynamic_ncols=True,
                     desc=f"{cfg.algo}{'+erc' if cfg.erc else ''}")
     for step in progress:
-        # --- rollout and reward
         while len(order) < cfg.prompts_per_step:  # epochs of shuffled prompts
             order += torch.randperm(len(data)).tolist()
         rows = data[[order.pop() for _ in range(cfg.prompts_per_step)]]
-        t0 = time.time()
-        input_ids, attention_mask, response_mask = rollout(sampler, tokenizer, rows["prompt"], cfg.group_size,
-                                                           cfg.temperature, cfg.max_new_tokens, cfg.static_cache)
-        rewards = response_rewards(tokenizer, input_ids, response_mask, rows["answer"], cfg.group_size).to(device)
-        gen_time = time.time() - t0
-
-        # --- old log-probs / entropies with the pre-update weights, then advantages
-        t0 = time.time()
-        batch = dict(input_ids=input_ids, attention_mask=attention_mask, response_mask=response_mask,
-                     rewards=rewards, advantages=group_advantages(rewards, cfg.group_size))
-        batch["old_logp"], batch["old_entropy"] = score_old_policy(model, batch, cfg)
-        old_entropy_mean = ((batch["old_entropy"] * response_mask).sum() / response_mask.sum()).item()
-        # DAPO dynamic sampling: drop every group whose rewards are all equal.
-        keep = group_varies(rewards, cfg.group_size) if cfg.dynamic_sampling else torch.ones_like(rewards).bool()
-        batch = {k: v[keep] for k, v in batch.items()}
-
-        # --- update (skipped when dynamic sampling left nothing, SPEC §3.2)
-        model.train()
-        stats = {}
-        if keep.any():
-            stats = train_on_batch(model, optimizer, batch, cfg)
-            if stats["updates"]:
-                scheduler.step()  # warm-up counts training steps that updated
-            if sampler is not model:
-                sampler.load_state_dict(model.state_dict())  # cast to bf16 on copy
-        record = dict(step=step, reward=rewards.mean().item(), entropy=old_entropy_mean,
-                      clip_frac=stats.get("clip_frac", 0.0), erc_clip_frac=stats.get("erc_clip_frac", 0.0),
-                      grad_norm=stats.get("grad_norm", 0.0), loss=stats.get("loss", 0.0),
-                      response_len=response_mask.sum(1).float().mean().item(),
-                      kept_groups=int(keep.sum()) // cfg.group_size, skipped=int(not keep.any()),
-                      nonfinite_updates=stats.get("nonfinite_updates", 0), lr=scheduler.get_last_lr()[0],
-                      gen_time=gen_time, train_time=time.time() - t0)
-
-        # --- plumbing: non-finite guard, evaluation, logging, checkpoints
-        bad_steps = bad_steps + 1 if record["nonfinite_updates"] else 0
-        if bad_steps and not warned:
-            tqdm.write(f"warning: step {step}: non-finite loss or gradient, update skipped (warned once)")
-            warned = True
+        record = dict(step=step, **train_step(cfg, model, sampler, optimizer, scheduler, tokenizer, rows),
+                      lr=scheduler.get_last_lr()[0])
         if cfg.eval_every and ((step + 1) % cfg.eval_every == 0 or step + 1 == cfg.steps):
             record.update(evaluate(sampler, tokenizer, eval_data, cfg))
         history.append(record)
-        with open(metrics_path, "a") as f:
-            f.write(json.dumps(record) + "\n")
-        progress.set_postfix(reward=f"{record['reward']:.2f}", entropy=f"{record['entropy']:.2f}")
-        tqdm.write(" ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in record.items()))
+        log_step(cfg, record, progress)
+        bad_steps = bad_steps + 1 if record.get("nonfinite_updates") else 0
+        if bad_steps and not warned:
+            tqdm.write(f"warning: step {step}: non-finite loss or gradient, update skipped (warned once)")
+            warned = True
         if bad_steps >= cfg.max_bad_steps:
             raise SystemExit(f"erc_minimal: stopped at step {step}: {bad_steps} consecutive steps with a non-finite "
                              "loss or gradient (try a lower --lr)")
-        done = step + 1 == cfg.steps
-        if stop or done or (cfg.save_every and (step + 1) % cfg.save_every == 0):
+        if stop or step + 1 == cfg.steps or (cfg.save_every and (step + 1) % cfg.save_every == 0):
             path = save_checkpoint(cfg, step + 1, model, tokenizer, optimizer, scheduler, order)
         if stop:
             print(f"interrupted after step {step}: saved {path}; continue with --out {cfg.out} --resume")
             return history
     progress.close()
-    if history:  # end-of-run summary: means over the first and last 10 steps
-        first, last = history[:10], history[-10:]
-        print(f"done: {cfg.steps} steps, {time.time() - t_start:.0f} s this session")
-        for key in ("reward", "entropy", "erc_clip_frac"):
-            start_mean, end_mean = (sum(r[key] for r in rows) / len(rows) for rows in (first, last))
-            print(f"  {key}: {start_mean:.3f} -> {end_mean:.3f}")
-        for key, value in history[-1].items():
-            if key.startswith("eval_"):
-                print(f"  {key}: {value:.3f}")
-        print(f"  metrics {metrics_path}, checkpoint {latest_checkpoint(cfg.out)}, plot {plot_metrics(cfg.out)}")
+    if history:
+        summarize(cfg, history, time.time() - t_start)
     return history
 
 
@@ -727,6 +825,7 @@ def parse_args(argv=None):
         else:
             default = f" (default: {f.default})" if f.default is not None else ""
             parser.add_argument(flag, type=meta["type"] or type(f.default), help=meta["help"] + default)
+
     def one_line_error(message):  # argparse's own errors too: main prints them as one line, exit 2
         raise ValueError(f"{message} (see --help)")
 
@@ -737,18 +836,22 @@ def parse_args(argv=None):
 def main(argv=None):
     argv = sys.argv[1:] if argv is None else argv
     disable_progress_bars()  # datasets' per-map bars; the training bar is ours
-    if argv[:1] == ["plot"]:  # python erc_minimal.py plot OUT
-        return print(plot_metrics(argv[1]) if len(argv) == 2 else "usage: erc_minimal.py plot OUT")
+    transformers_logging.disable_progress_bar()  # no "Writing model shards" bar at every checkpoint
     try:
+        if argv[:1] == ["plot"]:  # python erc_minimal.py plot OUT
+            if len(argv) != 2 or not os.path.isfile(os.path.join(argv[1], "metrics.jsonl")):
+                raise ValueError("usage: erc_minimal.py plot OUT, where OUT holds a run's metrics.jsonl")
+            return print(plot_metrics(argv[1]))
         given = parse_args(argv)
         saved = os.path.join(given.get("out", Config.out), "config.json")
         if given.get("resume") and os.path.exists(saved):
             given = {**json.loads(Path(saved).read_text()), **given, "overwrite": False}
         cfg = Config(**given)
         model, tokenizer, data, eval_data = setup(cfg)
+    except ImportError as e:
+        fail(f"{e.name} is not installed (pip install {e.name})")
     except ValueError as e:  # bad input: one line, exit 2, no traceback
-        print(f"erc_minimal: error: {e}", file=sys.stderr)
-        sys.exit(2)
+        fail(e)
     stop = []  # Ctrl-C / SIGTERM: finish the current step, save, exit 0; a second Ctrl-C aborts at once
 
     def request_stop(signum, frame):
