@@ -1,11 +1,9 @@
 """erc_minimal.py: RL post-training of a small Qwen model on math, with Entropy Ratio Clipping.
 
-One file, in the order a training step runs: config -> data -> reward -> rollout -> log-probs and entropies
--> advantages -> policy losses (+ ERC) -> objective -> update -> the step -> loop (plumbing) -> main.
-
-Papers: ERC (arXiv 2512.05591), GRPO (2402.03300), DAPO (2503.14476), GPPO / Klear-Reasoner (2508.07629),
-CE-GPPO (2509.20712), CISPO / MiniMax-M1 (2506.13585), GSPO (2507.18071). "formulas §n" is section n of
-docs/equations.md, this repository's formula sheet: every equation used here, with its paper and source.
+In the order a step runs: config, data, reward, rollout, log-probs and entropies, advantages, policy losses
+(+ ERC), objective, update, the step, then the loop's plumbing and main. Papers: ERC (arXiv 2512.05591), GRPO
+(2402.03300), DAPO (2503.14476), GPPO (2508.07629), CE-GPPO (2509.20712), CISPO (2506.13585), GSPO (2507.18071).
+"formulas §n" is section n of docs/equations.md, the formula sheet of this repository.
 
     python erc_minimal.py --preset tiny --algo gppo --erc     # CPU, offline, under a minute
     python erc_minimal.py --algo gppo --erc                   # Qwen2.5-0.5B-Instruct on GSM8K, one GPU
@@ -51,6 +49,11 @@ PRESETS = {
                   steps=300, prompts_per_step=32, group_size=8, num_minibatches=4,
                   max_new_tokens=2, lr=3e-4, warmup_steps=0, eval_prompts=64, threads=1),
 }
+POSITIVE = ("steps", "prompts_per_step", "num_minibatches", "micro_batch_size", "max_new_tokens", "temperature",
+            "logprob_chunk", "threads", "max_grad_norm", "eval_prompts", "eval_samples", "log_every",
+            "save_total_limit", "max_bad_steps", "eps_low")
+NON_NEGATIVE = ("eps_high", "beta1", "beta2", "sft_coef", "lr", "weight_decay", "eval_every", "save_every",
+                "eval_temperature")
 
 
 def arg(default, help, type=None):
@@ -60,8 +63,7 @@ def arg(default, help, type=None):
 @dataclass
 class Config:
     # --- what to train
-    preset: str = arg("gsm8k", "gsm8k: Qwen2.5-0.5B-Instruct on GSM8K (GPU, hub); tiny: random tiny Qwen2 on "
-                      "synthetic sums (CPU, offline)")
+    preset: str = arg("gsm8k", "gsm8k: Qwen2.5-0.5B-Instruct on GSM8K (GPU, hub); tiny: a tiny random Qwen2 (CPU)")
     model: str = arg(None, "hub id or local path (default: the preset's)", type=str)
     dataset: str = arg(None, "hub id, or a local .json/.jsonl/.parquet/.csv file (default: the preset's)", type=str)
     prompt_field: str = arg(None, "dataset column holding the question", type=str)
@@ -83,16 +85,13 @@ class Config:
     prompts_per_step: int = arg(None, "prompts per rollout batch", type=int)
     group_size: int = arg(None, "responses sampled per prompt (G)", type=int)
     num_minibatches: int = arg(None, "optimizer steps per rollout batch", type=int)
-    micro_batch_size: int = arg(None, "responses per forward pass (gradient accumulation); default: a whole "
-                                "mini-batch", type=int)
+    micro_batch_size: int = arg(None, "responses per forward pass (default: a whole mini-batch)", type=int)
     max_new_tokens: int = arg(None, "max completion length", type=int)
     temperature: float = arg(1.0, "sampling temperature; log-probs and entropies use the same T")
-    bf16: bool = arg(None, "bf16 autocast in the scoring and update forwards, and a bf16 copy of the weights for "
-                     "sampling (default: on with CUDA, off on CPU)", type=bool)
+    bf16: bool = arg(None, "bf16 autocast in the forwards and a bf16 sampler (default: on with CUDA)", type=bool)
     logprob_chunk: int = arg(512, "response tokens per chunk of the output layer (bounds logits memory)")
-    gradient_checkpointing: bool = arg(False, "recompute the layers' activations in backward (less memory, slower)")
-    static_cache: bool = arg(False, "generate with a static KV cache, which transformers compiles with torch.compile "
-                             "on GPU (faster decoding after a warm-up compile)")
+    gradient_checkpointing: bool = arg(False, "recompute activations in backward (less memory, slower)")
+    static_cache: bool = arg(False, "static KV cache in generate, compiled by transformers on GPU")
     threads: int = arg(None, "CPU threads for torch (default: 1 for --preset tiny, else torch's own)", type=int)
     # --- optimiser (released recipes: AdamW, lr 1e-6, 10 warm-up steps, wd 0.1, grad clip 1.0)
     lr: float = arg(None, "learning rate", type=float)
@@ -109,47 +108,35 @@ class Config:
     save_total_limit: int = arg(3, "keep the newest N checkpoints")
     max_bad_steps: int = arg(3, "stop after this many consecutive steps with a non-finite loss or gradient")
     seed: int = arg(0, "random seed")
-    out: str = arg("runs/latest", "output directory: metrics.jsonl, config.json, checkpoints, metrics.png")
-    resume: bool = arg(False, "continue the run in --out from its latest checkpoint, with its config.json "
-                       "(flags given now override it)")
+    out: str = arg("runs/latest", "output directory: metrics.jsonl, config.json, checkpoints")
+    resume: bool = arg(False, "continue the run in --out from its latest checkpoint (flags given now override)")
     overwrite: bool = arg(False, "start over in --out even if it holds another run")
 
     def __post_init__(self):
-        if self.algo not in ALGO_DEFAULTS:
-            raise ValueError(f"unknown --algo {self.algo!r}; choose one of {', '.join(ALGOS)}")
-        if self.preset not in PRESETS:
-            raise ValueError(f"unknown --preset {self.preset!r}; choose one of {', '.join(PRESETS)}")
+        for name, choices in (("algo", ALGO_DEFAULTS), ("preset", PRESETS)):
+            if getattr(self, name) not in choices:
+                raise ValueError(f"unknown --{name} {getattr(self, name)!r}; choose one of {', '.join(choices)}")
         for name, value in {**ALGO_DEFAULTS[self.algo], **PRESETS[self.preset]}.items():
             if getattr(self, name) is None:
                 setattr(self, name, value)
-        if self.bf16 is None:
-            self.bf16 = torch.cuda.is_available()
-        betas_act = self.algo in ("gppo", "cegppo") or (self.beta1, self.beta2) == (1.0, 1.0)
+        self.bf16 = torch.cuda.is_available() if self.bf16 is None else self.bf16
+        for sign, names in ((">", POSITIVE), (">=", NON_NEGATIVE)):
+            for name in names:
+                value = getattr(self, name)
+                if value is not None and not (value > 0 if sign == ">" else value >= 0):
+                    raise ValueError(f"--{name.replace('_', '-')} must be {sign} 0, got {value}")
         checks = [  # (condition that must hold, message)
-            (0 < self.eps_low <= 1, f"--eps-low must be in (0, 1], got {self.eps_low}"),
-            (self.eps_high >= 0, f"--eps-high must be >= 0, got {self.eps_high}"),
+            (self.eps_low <= 1, f"--eps-low must be in (0, 1], got {self.eps_low}"),
             (self.clip_c is None or self.clip_c > 1, f"--clip-c must be > 1, got {self.clip_c}"),
             (self.clip_c is None or self.algo not in ("cispo", "gspo"), f"--clip-c does not apply to {self.algo}"),
-            (betas_act, f"--beta1/--beta2 act only with --algo gppo or cegppo, not {self.algo}"),
+            (self.algo in ("gppo", "cegppo") or (self.beta1, self.beta2) == (1.0, 1.0),
+             f"--beta1/--beta2 act only with --algo gppo or cegppo, not {self.algo}"),
             (self.erc or (self.erc_low, self.erc_high) == (0.95, 1.05), "--erc-low/--erc-high act only with --erc"),
             (0 < self.erc_low < self.erc_high, f"need 0 < --erc-low < --erc-high, got {self.erc_low}, {self.erc_high}"),
-            (self.beta1 >= 0 and self.beta2 >= 0, f"--beta1/--beta2 must be >= 0, got {self.beta1}, {self.beta2}"),
             (self.group_size >= 2, f"--group-size must be >= 2 for group advantages, got {self.group_size}"),
-            (min(self.steps, self.prompts_per_step, self.num_minibatches, self.max_new_tokens, self.logprob_chunk,
-                 self.log_every, self.save_total_limit, self.threads or 1) > 0,
-             "--steps, --prompts-per-step, --num-minibatches, --max-new-tokens, --logprob-chunk, --log-every, "
-             "--save-total-limit, --threads must be > 0"),
-            (self.micro_batch_size is None or self.micro_batch_size > 0, "--micro-batch-size must be > 0"),
             (self.prompts_per_step * self.group_size % self.num_minibatches == 0,
              f"--num-minibatches {self.num_minibatches} must divide the rollout batch "
              f"{self.prompts_per_step} x {self.group_size}"),
-            (self.temperature > 0, f"--temperature must be > 0, got {self.temperature}"),
-            (self.lr >= 0 and self.weight_decay >= 0 and self.max_grad_norm > 0 and self.sft_coef >= 0,
-             "--lr, --weight-decay, --sft-coef must be >= 0 and --max-grad-norm > 0"),
-            (min(self.eval_every, self.save_every, self.eval_temperature) >= 0 and self.eval_samples > 0
-             and self.eval_prompts > 0 and self.max_bad_steps > 0,
-             "--eval-every, --save-every, --eval-temperature must be >= 0; --eval-samples, --eval-prompts, "
-             "--max-bad-steps > 0"),
             (not (self.resume and self.overwrite), "--resume and --overwrite exclude each other"),
         ]
         for ok, message in checks:
@@ -179,8 +166,7 @@ def make_tiny_model(vocab_size):
 
 
 def make_tiny_dataset(n, seed, max_operand=4):
-    """Synthetic task: 'a+b=' -> str(a + b), a, b in 0..max_operand. Small enough that a random policy
-    sometimes answers right (about 1 in 15), so RL alone can learn it from scratch."""
+    """'a+b=' -> str(a + b), a, b in 0..4: a random policy is right about 1 time in 15, so RL can learn it."""
     rng = random.Random(seed)
     pairs = [(rng.randrange(max_operand + 1), rng.randrange(max_operand + 1)) for _ in range(n)]
     return Dataset.from_dict({"question": [f"{a}+{b}=" for a, b in pairs], "answer": [str(a + b) for a, b in pairs]})
@@ -196,8 +182,8 @@ def load_model_and_tokenizer(name, device):
             tokenizer = AutoTokenizer.from_pretrained(name)
             model = AutoModelForCausalLM.from_pretrained(name, dtype=torch.float32)
         except Exception as e:  # offline hub, a wrong path, truncated weights: all mean "cannot load"
-            raise ValueError(f"cannot load model {name!r} ({type(e).__name__}: {str(e).splitlines()[0]}); "
-                             "without hub access use a local path or --preset tiny") from None
+            raise ValueError(f"cannot load model {name!r} ({first_line(e)}); without hub access use a local "
+                             "path or --preset tiny") from None
     tokenizer.padding_side = "left"  # generate appends after the prompt
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
@@ -214,22 +200,21 @@ def format_prompt(question, tokenizer):
 
 
 def load_data(cfg, tokenizer, split="train"):
-    """A Dataset with columns 'prompt' (formatted) and 'answer' (gold final answer string). split='test' is the
-    held-out set: GSM8K's test split, or fresh tiny samples (the tiny task has only 25 distinct questions)."""
+    """Columns 'prompt' (formatted) and 'answer' (gold final answer). split='test': GSM8K's test split, or fresh
+    tiny samples (the tiny task has only 25 distinct questions)."""
     if cfg.dataset == "tiny":
         data = make_tiny_dataset(2000 if split == "train" else cfg.eval_prompts, seed=cfg.seed + (split != "train"))
-    elif os.path.splitext(cfg.dataset)[1] in (".json", ".jsonl", ".parquet", ".csv"):
+    elif Path(cfg.dataset).suffix in (".json", ".jsonl", ".parquet", ".csv"):
         if not os.path.isfile(cfg.dataset):
             raise ValueError(f"--dataset file {cfg.dataset!r} does not exist")
         if split != "train":
             raise ValueError("--eval-every needs a held-out split, and a local --dataset file has only one")
-        kind = {".jsonl": "json"}.get(os.path.splitext(cfg.dataset)[1], os.path.splitext(cfg.dataset)[1][1:])
-        data = load_dataset(kind, data_files=cfg.dataset, split="train")
+        data = load_dataset(Path(cfg.dataset).suffix[1:].replace("jsonl", "json"), data_files=cfg.dataset)["train"]
     else:
         try:
             data = load_dataset(cfg.dataset, "main" if cfg.dataset == "openai/gsm8k" else None, split=split)
         except Exception as e:  # datasets raises many types offline; all mean "cannot load"
-            raise ValueError(f"cannot load dataset {cfg.dataset!r} ({str(e).splitlines()[0]})") from None
+            raise ValueError(f"cannot load dataset {cfg.dataset!r} ({first_line(e)})") from None
     if split != "train":
         data = data.select(range(min(cfg.eval_prompts, len(data))))
     missing = [f for f in (cfg.prompt_field, cfg.answer_field) if f not in data.column_names]
@@ -284,8 +269,7 @@ def to_number(answer):
 
 
 def reward_fn(completion, answer):
-    """1.0 if the completion's final answer equals the gold answer numerically, else 0.0 (formulas §6: an
-    unparsable gold answer never scores)."""
+    """1.0 if the final answer equals the gold answer as a number, else 0.0; an unparsable gold never scores."""
     gold, pred = to_number(answer), to_number(extract_answer(completion))
     return float(gold is not None and pred == gold)
 
@@ -303,7 +287,8 @@ def rollout(model, tokenizer, prompts, num_samples, temperature, max_new_tokens,
     # formulas §6: every sampling parameter explicit, so the model's generation_config cannot leak in.
     sampling = dict(do_sample=True, temperature=temperature, top_p=1.0, top_k=0) if temperature > 0 else \
         dict(do_sample=False)
-    eos = eos_ids(model, tokenizer)
+    eos = model.generation_config.eos_token_id  # instruct models may have several EOS ids
+    eos = sorted({tokenizer.eos_token_id, *(eos if isinstance(eos, list) else [eos] if eos is not None else [])})
     sequences = model.generate(**enc, **sampling, repetition_penalty=1.0, max_new_tokens=max_new_tokens,
                                num_return_sequences=num_samples, pad_token_id=tokenizer.pad_token_id,
                                eos_token_id=eos, use_cache=True,
@@ -312,11 +297,6 @@ def rollout(model, tokenizer, prompts, num_samples, temperature, max_new_tokens,
     response_mask = make_response_mask(sequences[:, enc.input_ids.shape[1]:], eos)
     first = int(prompt_mask.any(0).int().argmax())  # drop columns that are padding in every row (--static-cache)
     return sequences[:, first:], torch.cat([prompt_mask, response_mask], 1)[:, first:], response_mask
-
-
-def eos_ids(model, tokenizer):
-    ids = model.generation_config.eos_token_id
-    return sorted({tokenizer.eos_token_id, *(ids if isinstance(ids, list) else [ids] if ids is not None else [])})
 
 
 def make_response_mask(completion_ids, eos_ids):
@@ -335,9 +315,8 @@ def response_rewards(tokenizer, input_ids, response_mask, answers, num_samples):
 
 
 def make_sampler(model, bf16):
-    """The model that generates: the policy itself, or with --bf16 a copy whose parameters are bf16 (half the
-    bytes read per decoded token). Buffers keep the policy's dtype (formulas §6): RoPE's inv_freq rounded to bf16
-    would sample from another policy, and load_state_dict never refreshes these non-persistent buffers."""
+    """The model that generates: the policy, or with --bf16 a copy with bf16 parameters (half the bytes read per
+    token). Buffers keep the policy's dtype (formulas §6): RoPE's inv_freq in bf16 would be another policy."""
     if not bf16:
         return model
     sampler = copy.deepcopy(model).eval()
@@ -348,10 +327,9 @@ def make_sampler(model, bf16):
 
 # ================================================================== log-probs and entropies
 class TokenLogpAndEntropy(torch.autograd.Function):
-    """log p(target) (with gradient) and entropy (without, formulas §4) of softmax(hidden @ W.T / T) over the whole
-    vocabulary, `chunk` tokens at a time. Logits are fp32 even under bf16 autocast (formulas §6: ERC's +-5% band
-    must not see bf16 rounding). Backward recomputes each chunk's logits, so memory holds one [chunk, V] float32
-    block at a time, never [N, V]. Plumbing: no need to touch."""
+    """log p(target) (with gradient) and entropy (without) of softmax(hidden @ W.T / T) over the whole vocabulary,
+    `chunk` tokens at a time, from fp32 logits even under bf16 autocast (formulas §6). Backward recomputes each
+    chunk, so memory holds one [chunk, V] float32 block, never [N, V]. Plumbing: no need to touch."""
 
     @staticmethod
     def forward(ctx, hidden, weight, targets, temperature, chunk):  # hidden [N, H], weight [V, H], targets [N]
@@ -389,9 +367,8 @@ class TokenLogpAndEntropy(torch.autograd.Function):
 
 
 def logp_and_entropy(model, input_ids, attention_mask, response_mask, temperature, chunk):
-    """Log-prob of every response token and the full-vocabulary entropy at its position, both [B, T]
-    (0 where response_mask is 0). The output layer runs on response tokens only, `chunk` at a time: memory grows
-    with the hidden states [B, P+T, H] and one [chunk, V] float32 block, never with B x T x V."""
+    """Log-prob of every response token and the entropy at its position, both [B, T], 0 where response_mask is 0.
+    The output layer runs on response tokens only, `chunk` at a time (memory never grows with B x T x V)."""
     # formulas §6: with left padding, positions count from each row's first real token.
     position_ids = (attention_mask.cumsum(1) - 1).clamp(min=0)
     hidden = model.base_model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
@@ -426,9 +403,8 @@ def group_varies(rewards, group_size):
 
 # ================================================================== policy losses (+ ERC)
 def policy_loss(logp, old_logp, advantages, response_mask, cfg, entropy=None, old_entropy=None):
-    """Per-token loss of the chosen variant, with ERC on top (formulas §3-§4). logp, old_logp, response_mask,
-    entropy, old_entropy: [B, T]; advantages: [B]. Returns loss_tok [B, T] (aggregated in `objective`) and the
-    [B, T] masks of tokens clipped by the variant and by ERC."""
+    """Per-token loss of the chosen variant with ERC on top (formulas §3-§4), and the masks of the tokens each
+    clipped. logp, old_logp, response_mask, entropy, old_entropy: [B, T]; advantages: [B]."""
     if cfg.erc and (entropy is None or old_entropy is None):
         raise ValueError("ERC needs entropy and old_entropy")
     mask = response_mask.float()
@@ -455,8 +431,7 @@ def policy_loss(logp, old_logp, advantages, response_mask, cfg, entropy=None, ol
         loss_tok = torch.where((A < 0) & (r < lo), -A * cfg.beta1 * lo * keep_grad,
                    torch.where((A > 0) & (r > hi), -A * cfg.beta2 * hi * keep_grad, -A * ratio))
     elif cfg.algo == "cispo":
-        # CISPO (MiniMax-M1, formulas §3.5): REINFORCE with a clipped, stop-gradient IS weight; no token loses its
-        # gradient.
+        # CISPO (MiniMax-M1, formulas §3.5): REINFORCE, clipped stop-gradient IS weight; every token keeps a gradient.
         loss_tok = -A * ratio.clamp(lo, hi).detach() * logp
     if cfg.clip_c is not None:
         # Dual clip (arXiv 1912.09729), part of the authors' released losses: for A < 0 cap the loss at -A c.
@@ -478,10 +453,9 @@ def outside_erc_band(entropy, old_entropy, cfg):
 
 # ================================================================== objective: every loss term and its normaliser
 def objective(logp, entropy, micro, minibatch, cfg):
-    """The loss of one micro-batch. logp, entropy: [b, T] from the training forward; micro: this micro-batch's
-    rollout tensors (old_logp, old_entropy, advantages, rewards, response_mask); minibatch: the whole mini-batch's.
-    Every normaliser counts the whole mini-batch, so losses and stats of the micro-batches add up to the
-    mini-batch's (formulas §3). Returns (loss to minimise, dict of detached scalar stats)."""
+    """(loss to minimise, stats) of one micro-batch. logp, entropy [b, T]: the training forward's; micro, minibatch:
+    the rollout tensors of this micro-batch and of its whole mini-batch. Every normaliser counts the whole
+    mini-batch, so the micro-batches' losses and stats add up to the mini-batch's (formulas §3)."""
     mask = micro["response_mask"].float()  # [b, T]
     n_tokens = minibatch["response_mask"].sum()
     loss_tok, clipped, erc_clipped = policy_loss(logp, micro["old_logp"], micro["advantages"], mask, cfg,
@@ -507,8 +481,8 @@ def autocast(cfg, device):
 
 
 def plan_minibatches(n, cfg):
-    """One epoch over n responses: a shuffled split into num_minibatches, each a list of micro-batch index tensors.
-    Old-policy scoring and the update run this same plan, so equal shapes give equal numbers (formulas §6)."""
+    """A shuffled epoch: num_minibatches lists of micro-batch indices. Old-policy scoring and the update use the
+    same plan: equal shapes give equal numbers, so the first mini-batch's ratio is 1 (formulas §6)."""
     return [mb.split(cfg.micro_batch_size or len(mb)) for mb in torch.randperm(n).tensor_split(cfg.num_minibatches)
             if len(mb)]
 
@@ -532,8 +506,8 @@ def score_old_policy(model, batch, minibatches, cfg):
 
 
 def train_on_batch(model, optimizer, batch, minibatches, cfg):
-    """One optimizer step per mini-batch, accumulating gradients over its micro-batches. Returns the stats of
-    `objective` averaged over mini-batches, grad_norm, update counts, and the first mini-batch's noise floor."""
+    """One optimizer step per mini-batch (gradients accumulated over its micro-batches). Returns the mean stats
+    of `objective` and grad_norm over mini-batches, update counts, and the first mini-batch's noise floor."""
     model.train()
     totals, updates, nonfinite = {}, 0, 0
     first_err, first_outside, first_tokens = 0.0, 0, 0
@@ -568,8 +542,8 @@ def train_on_batch(model, optimizer, batch, minibatches, cfg):
 
 # ================================================================== one training step: the algorithm, whole
 def train_step(cfg, model, sampler, optimizer, scheduler, tokenizer, rows):
-    """Rollout, reward, advantages, old-policy scoring, updates for one batch of prompts; returns its metrics.
-    model: the policy being trained; sampler: the model that generates (itself, or its bf16 copy)."""
+    """Rollout, reward, advantages, old-policy scoring and updates on one batch of prompts; returns its metrics.
+    sampler: the model that generates (the policy `model` itself, or its bf16 copy)."""
     t0 = time.time()
     input_ids, attention_mask, response_mask = rollout(sampler, tokenizer, rows["prompt"], cfg.group_size,
                                                        cfg.temperature, cfg.max_new_tokens, cfg.static_cache)
@@ -599,10 +573,10 @@ def train_step(cfg, model, sampler, optimizer, scheduler, tokenizer, rows):
 # ================================================================== the loop and its plumbing
 @torch.no_grad()
 def evaluate(model, tokenizer, data, cfg):
-    """Accuracy on held-out prompts: greedy, and avg@k (mean over k samples at --eval-temperature)."""
+    """Held-out accuracy: greedy, and avg@k (the mean over k samples at --eval-temperature)."""
     result = {}
-    for name, k, temperature in (("eval_greedy", 1, 0.0), (f"eval_avg@{cfg.eval_samples}", cfg.eval_samples,
-                                                           cfg.eval_temperature)):
+    for name, k, temperature in (("eval_greedy", 1, 0.0),
+                                 (f"eval_avg@{cfg.eval_samples}", cfg.eval_samples, cfg.eval_temperature)):
         correct = []
         for start in range(0, len(data), cfg.prompts_per_step):
             rows = data[start:start + cfg.prompts_per_step]
@@ -613,17 +587,31 @@ def evaluate(model, tokenizer, data, cfg):
     return result
 
 
+def first_line(error):
+    return f"{type(error).__name__}: {(str(error).splitlines() or [''])[0]}"
+
+
 def fail(message):
     """Bad input or an unusable file: one line on stderr, exit code 2, no traceback."""
     print(f"erc_minimal: error: {message}", file=sys.stderr)
     sys.exit(2)
 
 
+def checkpoints(out):
+    """The complete checkpoints in OUT, oldest first."""
+    return sorted((n for n in os.listdir(out) if re.fullmatch(r"checkpoint-\d+", n)), key=lambda n: int(n[11:]))
+
+
+def latest_checkpoint(out):
+    path = Path(out, "latest")
+    return os.path.join(out, path.read_text().strip()) if path.exists() else None
+
+
 def save_checkpoint(cfg, step, model, tokenizer, optimizer, scheduler, order):
-    """OUT/checkpoint-STEP (save_pretrained model + tokenizer, trainer_state.pt), written under a temporary name
-    and renamed; then OUT/latest is replaced atomically. A crash mid-write leaves the previous one intact."""
-    name = f"checkpoint-{step}"
-    final, tmp = os.path.join(cfg.out, name), os.path.join(cfg.out, name + ".tmp")
+    """OUT/checkpoint-STEP (save_pretrained model + tokenizer, trainer_state.pt) is written under a temporary name
+    and renamed, then OUT/latest replaced atomically: a crash or a full disk leaves the previous one intact."""
+    final = os.path.join(cfg.out, f"checkpoint-{step}")
+    tmp = final + ".tmp"
     try:
         shutil.rmtree(tmp, ignore_errors=True)
         model.save_pretrained(tmp)
@@ -633,30 +621,18 @@ def save_checkpoint(cfg, step, model, tokenizer, optimizer, scheduler, order):
                    os.path.join(tmp, "trainer_state.pt"))
         shutil.rmtree(final, ignore_errors=True)
         os.replace(tmp, final)
-        Path(cfg.out, "latest.tmp").write_text(name)
+        Path(cfg.out, "latest.tmp").write_text(os.path.basename(final))
         os.replace(os.path.join(cfg.out, "latest.tmp"), os.path.join(cfg.out, "latest"))
-    except OSError as e:  # a full disk, say: the previous checkpoint and `latest` are untouched
+    except OSError as e:
         shutil.rmtree(tmp, ignore_errors=True)
-        fail(f"cannot write checkpoint {tmp}: {e}")
+        fail(f"cannot write checkpoint {tmp} ({first_line(e)}); {latest_checkpoint(cfg.out)} is intact")
     for old in checkpoints(cfg.out)[:-cfg.save_total_limit]:
         shutil.rmtree(os.path.join(cfg.out, old))
     return final
 
 
-def checkpoints(out):
-    """Names of the complete checkpoints in OUT, oldest first."""
-    names = [n for n in os.listdir(out) if re.fullmatch(r"checkpoint-\d+", n)]
-    return sorted(names, key=lambda n: int(n.split("-")[1]))
-
-
-def latest_checkpoint(out):
-    path = os.path.join(out, "latest")
-    return os.path.join(out, Path(path).read_text().strip()) if os.path.exists(path) else None
-
-
 def read_jsonl(path):
-    """The records of a JSONL file. A torn last line (a kill in the middle of writing it) is dropped with a
-    warning; a malformed line elsewhere is an error naming the file and line."""
+    """A JSONL file's records. A torn last line (a kill while writing it) is dropped with a warning."""
     lines = Path(path).read_text().splitlines()
     records = []
     for number, line in enumerate(lines, 1):
@@ -670,87 +646,43 @@ def read_jsonl(path):
 
 
 def start_or_resume(cfg, optimizer, scheduler):
-    """(first step, data order, metrics so far). With --resume: optimizer, scheduler, data order and RNG as the
-    latest checkpoint saved them, so the run continues bit for bit; otherwise OUT's old checkpoints are removed."""
+    """(first step, data order, metrics so far). --resume restores optimizer, scheduler, data order and RNG from
+    the latest checkpoint, so the run continues bit for bit; a fresh run removes OUT's old checkpoints."""
     os.makedirs(cfg.out, exist_ok=True)
-    metrics_path = os.path.join(cfg.out, "metrics.jsonl")
+    metrics = os.path.join(cfg.out, "metrics.jsonl")
     start, order, history = 0, [], []
     if cfg.resume:
-        state_path = os.path.join(latest_checkpoint(cfg.out), "trainer_state.pt")
+        path = os.path.join(latest_checkpoint(cfg.out), "trainer_state.pt")
         try:
-            state = torch.load(state_path, weights_only=False)
-        except Exception as e:  # missing or truncated: which file, not a deep traceback
-            fail(f"cannot load {state_path} ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})")
+            state = torch.load(path, weights_only=False)
+        except Exception as e:  # missing or truncated: name the file
+            fail(f"cannot load {path} ({first_line(e)})")
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
-        start, order = state["step"], state["order"]
         torch.set_rng_state(state["rng"])
         torch.cuda.set_rng_state_all(state["cuda_rng"])
-        history = [r for r in read_jsonl(metrics_path) if r["step"] < start]  # later steps will be redone
+        start, order = state["step"], state["order"]
+        history = [r for r in read_jsonl(metrics) if r["step"] < start]  # later steps will be redone
     else:
-        for name in os.listdir(cfg.out):  # a fresh run: drop what an earlier run (--overwrite) left in OUT
-            path = os.path.join(cfg.out, name)
-            if name.startswith("checkpoint-"):
-                shutil.rmtree(path)
-            elif name == "latest":
-                os.remove(path)
+        for name in checkpoints(cfg.out):
+            shutil.rmtree(os.path.join(cfg.out, name))
+        Path(cfg.out, "latest").unlink(missing_ok=True)
     Path(cfg.out, "config.json").write_text(json.dumps(dataclasses.asdict(cfg), indent=1))
-    Path(metrics_path + ".tmp").write_text("".join(json.dumps(r) + "\n" for r in history))
-    os.replace(metrics_path + ".tmp", metrics_path)  # atomic: a crash here loses no saved line
+    Path(metrics + ".tmp").write_text("".join(json.dumps(r) + "\n" for r in history))
+    os.replace(metrics + ".tmp", metrics)  # atomic: a crash here loses no saved line
     return start, order, history
 
 
 def log_step(cfg, record, progress):
-    """Every step: one line of metrics.jsonl. Every --log-every steps (and on evaluation): one console line."""
+    """Every step: a line of OUT/metrics.jsonl. Every --log-every steps and at evaluations: a console line."""
     with open(os.path.join(cfg.out, "metrics.jsonl"), "a") as f:
         f.write(json.dumps(record) + "\n")
     progress.set_postfix(reward=f"{record['reward']:.2f}")
-    if (record["step"] + 1) % cfg.log_every and not any(k.startswith("eval_") for k in record):
-        return
-    shown = dict(reward="reward", entropy="entropy", clip_frac="clip", erc_clip_frac="erc_clip")
-    line = [f"step {record['step'] + 1:>4}"] + [f"{name} {record[k]:.3f}" for k, name in shown.items() if k in record]
-    line += [f"{k} {v:.3f}" for k, v in record.items() if k.startswith("eval_")]
-    tqdm.write("  ".join(line + [f"{record['gen_time'] + record.get('train_time', 0):.2f} s/step"]))
-
-
-def plot_metrics(out):
-    """OUT/metrics.png: reward (and eval accuracy), entropy, clip fractions per step. Needs matplotlib."""
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    rows = read_jsonl(os.path.join(out, "metrics.jsonl"))
-    fig, axes = plt.subplots(1, 3, figsize=(13, 3.4))
-    panels = (("reward / accuracy", ["reward"] + sorted({k for r in rows for k in r if k.startswith("eval_")})),
-              ("entropy (old policy)", ["entropy"]), ("clipped token fraction", ["clip_frac", "erc_clip_frac"]))
-    for ax, (title, keys) in zip(axes, panels):
-        for key in keys:
-            points = [(r["step"], r[key]) for r in rows if key in r]
-            ax.plot(*zip(*points), "o-" if key.startswith("eval_") else "-", label=key, lw=1)
-        ax.set_title(title)
-        ax.set_xlabel("step")
-        ax.legend()
-    fig.tight_layout()
-    path = os.path.join(out, "metrics.png")
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return path
-
-
-def summarize(cfg, history, seconds):
-    """End of run: first-10 and last-10 step means of the main metrics, the final evaluation, where things are."""
-    print(f"done: {cfg.steps} steps, {seconds:.0f} s this session")
-    for key in ("reward", "entropy", "erc_clip_frac"):
-        first, last = ([r[key] for r in rows if key in r] for rows in (history[:10], history[-10:]))
-        if first and last:
-            print(f"  {key}: {sum(first) / len(first):.3f} -> {sum(last) / len(last):.3f}")
-    for key, value in history[-1].items():
-        if key.startswith("eval_"):
-            print(f"  {key}: {value:.3f}")
-    print(f"  metrics {os.path.join(cfg.out, 'metrics.jsonl')}, checkpoint {latest_checkpoint(cfg.out)}")
-    try:
-        print(f"  plot {plot_metrics(cfg.out)}")
-    except ImportError:
-        print("  (pip install matplotlib for OUT/metrics.png)")
+    evals = {k: v for k, v in record.items() if k.startswith("eval_")}
+    if (record["step"] + 1) % cfg.log_every == 0 or evals:
+        shown = dict(reward="reward", entropy="entropy", clip_frac="clip", erc_clip_frac="erc_clip", **evals)
+        line = [f"step {record['step'] + 1:>4}"] + [f"{shown[k]} {record[k]:.3f}" for k in shown if k in record]
+        tqdm.write("  ".join(line + [f"{record['gen_time'] + record.get('train_time', 0):.2f} s/step"]))
 
 
 def setup(cfg):
@@ -760,7 +692,7 @@ def setup(cfg):
     if os.path.exists(os.path.join(cfg.out, "metrics.jsonl")) and not (cfg.resume or cfg.overwrite):
         raise ValueError(f"--out {cfg.out!r} holds another run's metrics; add --resume to continue it or "
                          "--overwrite to start over")
-    if cfg.threads:  # the tiny model is too small to gain from intra-op threads, and loses much on a busy CPU
+    if cfg.threads:  # the tiny model gains nothing from intra-op threads, and loses much on a busy CPU
         torch.set_num_threads(cfg.threads)
     torch.set_float32_matmul_precision("highest")  # fp32 matmuls stay fp32, not TF32 (formulas §6)
     torch.manual_seed(cfg.seed)
@@ -780,9 +712,8 @@ def train(cfg, model, tokenizer, data, eval_data=None, stop=()):
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: min(1.0, (step + 1) / (cfg.warmup_steps + 1)))
     start, order, history = start_or_resume(cfg, optimizer, scheduler)
     sampler = make_sampler(model, cfg.bf16)
-    bad_steps, warned, t_start = 0, False, time.time()
-    progress = tqdm(range(start, cfg.steps), initial=start, total=cfg.steps, dynamic_ncols=True,
-                    desc=f"{cfg.algo}{'+erc' if cfg.erc else ''}")
+    bad_steps, t_start = 0, time.time()
+    progress = tqdm(range(start, cfg.steps), initial=start, total=cfg.steps, desc=cfg.algo + "+erc" * cfg.erc)
     for step in progress:
         while len(order) < cfg.prompts_per_step:  # epochs of shuffled prompts
             order += torch.randperm(len(data)).tolist()
@@ -794,9 +725,8 @@ def train(cfg, model, tokenizer, data, eval_data=None, stop=()):
         history.append(record)
         log_step(cfg, record, progress)
         bad_steps = bad_steps + 1 if record.get("nonfinite_updates") else 0
-        if bad_steps and not warned:
-            tqdm.write(f"warning: step {step}: non-finite loss or gradient, update skipped (warned once)")
-            warned = True
+        if bad_steps == 1:
+            tqdm.write(f"warning: step {step}: non-finite loss or gradient, updates skipped")
         if bad_steps >= cfg.max_bad_steps:
             raise SystemExit(f"erc_minimal: stopped at step {step}: {bad_steps} consecutive steps with a non-finite "
                              "loss or gradient (try a lower --lr)")
@@ -806,25 +736,30 @@ def train(cfg, model, tokenizer, data, eval_data=None, stop=()):
             print(f"interrupted after step {step}: saved {path}; continue with --out {cfg.out} --resume")
             return history
     progress.close()
-    if history:
-        summarize(cfg, history, time.time() - t_start)
+    if history:  # the end-of-run summary
+        print(f"done: {cfg.steps} steps, {time.time() - t_start:.0f} s this session, metrics and checkpoints in "
+              f"{cfg.out}")
+        for key in ("reward", "entropy", "erc_clip_frac"):
+            first, last = ([r[key] for r in rows if key in r] for rows in (history[:10], history[-10:]))
+            if first and last:
+                print(f"  {key}: {sum(first) / len(first):.3f} -> {sum(last) / len(last):.3f}")
+        print("".join(f"  {k}: {v:.3f}\n" for k, v in history[-1].items() if k.startswith("eval_")), end="")
     return history
 
 
 # ================================================================== main
-def parse_args(argv=None):
+def parse_args(argv):
     """Only the flags actually given (so that --resume can tell them from OUT/config.json's values)."""
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
                                      argument_default=argparse.SUPPRESS)
     for f in dataclasses.fields(Config):
-        flag, meta = "--" + f.name.replace("_", "-"), f.metadata
-        if f.type is bool and f.default is False:
-            parser.add_argument(flag, action="store_true", help=meta["help"])
-        elif f.type is bool:
-            parser.add_argument(flag, action=argparse.BooleanOptionalAction, help=meta["help"])
+        flag, help = "--" + f.name.replace("_", "-"), f.metadata["help"]
+        if f.type is bool:
+            action = "store_true" if f.default is False else argparse.BooleanOptionalAction
+            parser.add_argument(flag, action=action, help=help)
         else:
             default = f" (default: {f.default})" if f.default is not None else ""
-            parser.add_argument(flag, type=meta["type"] or type(f.default), help=meta["help"] + default)
+            parser.add_argument(flag, type=f.metadata["type"] or type(f.default), help=help + default)
 
     def one_line_error(message):  # argparse's own errors too: main prints them as one line, exit 2
         raise ValueError(f"{message} (see --help)")
@@ -838,18 +773,12 @@ def main(argv=None):
     disable_progress_bars()  # datasets' per-map bars; the training bar is ours
     transformers_logging.disable_progress_bar()  # no "Writing model shards" bar at every checkpoint
     try:
-        if argv[:1] == ["plot"]:  # python erc_minimal.py plot OUT
-            if len(argv) != 2 or not os.path.isfile(os.path.join(argv[1], "metrics.jsonl")):
-                raise ValueError("usage: erc_minimal.py plot OUT, where OUT holds a run's metrics.jsonl")
-            return print(plot_metrics(argv[1]))
         given = parse_args(argv)
-        saved = os.path.join(given.get("out", Config.out), "config.json")
-        if given.get("resume") and os.path.exists(saved):
-            given = {**json.loads(Path(saved).read_text()), **given, "overwrite": False}
+        saved = Path(given.get("out", Config.out), "config.json")
+        if given.get("resume") and saved.exists():
+            given = {**json.loads(saved.read_text()), **given, "overwrite": False}
         cfg = Config(**given)
         model, tokenizer, data, eval_data = setup(cfg)
-    except ImportError as e:
-        fail(f"{e.name} is not installed (pip install {e.name})")
     except ValueError as e:  # bad input: one line, exit 2, no traceback
         fail(e)
     stop = []  # Ctrl-C / SIGTERM: finish the current step, save, exit 0; a second Ctrl-C aborts at once

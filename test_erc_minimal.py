@@ -638,7 +638,7 @@ def tiny_argv(out, *extra):
     (["--clip-c", "1"], "--clip-c"),
     (["--erc", "--erc-low", "1.1", "--erc-high", "1.05"], "--erc-low"),
     (["--erc-low", "0"], "--erc-low"),
-    (["--beta2", "-1"], "--beta1/--beta2"),
+    (["--beta2", "-1"], "--beta2 must be >= 0"),
     (["--group-size", "1"], "--group-size"),
     (["--steps", "0"], "must be > 0"),
     (["--prompts-per-step", "-4"], "must be > 0"),
@@ -748,12 +748,21 @@ def test_nonfinite_updates_are_skipped_then_the_run_stops(tmp_path, capsys):
     assert capsys.readouterr().out.count("warning: step") == 1  # warned once
 
 
-def test_checkpoint_loads_with_from_pretrained_and_plot_command(tmp_path):
+def test_checkpoint_loads_with_from_pretrained_and_keeps_the_newest(tmp_path, capsys):
+    """Checkpoints are plain save_pretrained folders; --save-total-limit keeps the newest N, `latest` names the
+    last; nothing from checkpoint saving reaches the console."""
+    E.main(tiny_argv(tmp_path, "--steps", "5", "--save-every", "1", "--save-total-limit", "2"))
+    assert "shards" not in capsys.readouterr().err
+    assert sorted(p.name for p in tmp_path.glob("checkpoint-*")) == ["checkpoint-4", "checkpoint-5"]
+    assert (tmp_path / "latest").read_text() == "checkpoint-5"
+    model = E.AutoModelForCausalLM.from_pretrained(tmp_path / "checkpoint-5")
+    tokenizer = E.AutoTokenizer.from_pretrained(tmp_path / "checkpoint-5")
+    assert tokenizer.decode(tokenizer("12+3=").input_ids) == "12+3=" and model.config.vocab_size == len(tokenizer)
+
+
+def test_plot_script_draws_the_metrics(tmp_path):
     pytest.importorskip("matplotlib", reason="the plot needs matplotlib (optional)")
     E.main(tiny_argv(tmp_path, "--steps", "2"))
-    model = E.AutoModelForCausalLM.from_pretrained(tmp_path / "checkpoint-2")
-    tokenizer = E.AutoTokenizer.from_pretrained(tmp_path / "checkpoint-2")
-    assert tokenizer.decode(tokenizer("12+3=").input_ids) == "12+3=" and model.config.vocab_size == len(tokenizer)
-    os.remove(tmp_path / "metrics.png")
-    E.main(["plot", str(tmp_path)])
+    script = os.path.join(os.path.dirname(E.__file__), "experiments", "plot_metrics.py")
+    subprocess.run([sys.executable, script, str(tmp_path)], check=True, capture_output=True)
     assert (tmp_path / "metrics.png").stat().st_size > 10_000
