@@ -110,7 +110,7 @@ def test_cli_bad_algo_is_one_line_and_exit_2(capsys):
 
 # ------------------------------------------------------------------ policy losses: formulas §3 table
 @pytest.mark.parametrize("algo", TOKEN_MEAN_ALGOS)
-def test_gradient_matches_spec_table(algo):
+def test_gradient_matches_the_formula_table(algo):
     cfg = E.Config(algo=algo)
     logp, old, adv, mask = grid()
     loss, grad, _ = loss_and_grad(logp, old, adv, mask, cfg)
@@ -579,6 +579,24 @@ def test_scoring_and_update_forwards_build_no_kv_cache():
     batch["old_logp"], batch["old_entropy"] = E.score_old_policy(model, batch, minibatches, cfg)
     E.train_on_batch(model, optimizer, batch, minibatches, cfg)
     assert len(caches) == 2 * cfg.num_minibatches and all(c is None for c in caches)
+
+
+def test_noise_floor_measures_the_first_minibatch():
+    """first_mb_max_ratio_err is max |r - 1| and first_mb_erc_clip_frac the share outside the ERC band, both on
+    the first mini-batch: old log-probs shifted by +0.1 give 1 - exp(-0.1); old entropies x 1.1 put rho = 1/1.1
+    < 0.95, outside the band, for every token."""
+    cfg = E.Config(preset="tiny", group_size=4, max_new_tokens=4)
+    model, tok, optimizer, _, rows = step_parts(cfg)
+    ids, attention, response_mask = E.rollout(model, tok, rows["prompt"], 4, 1.0, 4)
+    rewards = torch.tensor([1.0, 0.0] * 8)
+    batch = dict(input_ids=ids, attention_mask=attention, response_mask=response_mask, rewards=rewards,
+                 advantages=E.group_advantages(rewards, 4))
+    minibatches = E.plan_minibatches(len(rewards), cfg)
+    old_logp, old_entropy = E.score_old_policy(model, batch, minibatches, cfg)
+    batch["old_logp"], batch["old_entropy"] = old_logp + 0.1 * response_mask, old_entropy * 1.1
+    stats = E.train_on_batch(model, optimizer, batch, minibatches, cfg)
+    assert stats["first_mb_max_ratio_err"] == pytest.approx(1 - math.exp(-0.1), rel=1e-4)
+    assert stats["first_mb_erc_clip_frac"] == 1.0
 
 
 def test_update_applies_weight_decay_and_grad_clip(tmp_path):
