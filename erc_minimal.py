@@ -17,12 +17,14 @@ import random
 import re
 import shutil
 import signal
+import socket
 import sys
 import time
 from dataclasses import dataclass, field
 from fractions import Fraction
 from pathlib import Path
 
+import datasets
 import torch
 from tqdm.auto import tqdm
 from datasets import Dataset, disable_progress_bars, load_dataset
@@ -172,18 +174,37 @@ def make_tiny_dataset(n, seed, max_operand=4):
     return Dataset.from_dict({"question": [f"{a}+{b}=" for a, b in pairs], "answer": [str(a + b) for a, b in pairs]})
 
 
-def load_model_and_tokenizer(name, device):
-    """'tiny', a hub id, or a local folder (a checkpoint of this script included)."""
+def hub_reachable(*names):
+    """False if HF_HUB_OFFLINE is set or huggingface.co does not answer in 3 s, where the hub libraries would
+    retry for a minute; True when every name is 'tiny' or a local path."""
+    if all(name == "tiny" or os.path.exists(name) for name in names):
+        return True
+    if os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", ""):
+        return False
+    try:
+        socket.create_connection(("huggingface.co", 443), timeout=3).close()
+        return True
+    except OSError:
+        return False
+
+
+def load_model_and_tokenizer(name, device, online=True):
+    """'tiny', a hub id (from the local cache only when offline), or a local folder (this script's checkpoints)."""
     if name == "tiny":
         tokenizer = make_tiny_tokenizer()
         model = make_tiny_model(len(tokenizer))
+    elif (os.path.isabs(name) or name.startswith((".", "~"))) and not os.path.isdir(name):
+        raise ValueError(f"--model {name!r}: no such directory")
     else:
         try:
-            tokenizer = AutoTokenizer.from_pretrained(name)
-            model = AutoModelForCausalLM.from_pretrained(name, dtype=torch.float32)
-        except Exception as e:  # offline hub, a wrong path, truncated weights: all mean "cannot load"
-            raise ValueError(f"cannot load model {name!r} ({first_line(e)}); without hub access use a local "
-                             "path or --preset tiny") from None
+            tokenizer = AutoTokenizer.from_pretrained(name, local_files_only=not online)
+            model = AutoModelForCausalLM.from_pretrained(name, dtype=torch.float32, local_files_only=not online)
+        except Exception as e:  # offline hub, truncated weights: all mean "cannot load"
+            if os.path.isdir(name):
+                raise ValueError(f"cannot load the model in folder {name} ({first_line(e)})") from None
+            where = "" if online else "; the hub is unreachable or HF_HUB_OFFLINE is set, and it is not cached"
+            raise ValueError(f"cannot load model {name!r} ({first_line(e)}){where}; use a local path or "
+                             "--preset tiny") from None
     tokenizer.padding_side = "left"  # generate appends after the prompt
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
@@ -640,7 +661,7 @@ def read_jsonl(path):
             records.append(json.loads(line))
         except json.JSONDecodeError:
             if number < len(lines):
-                raise ValueError(f"{path}, line {number}: not valid JSON") from None
+                fail(f"{path}, line {number}: not valid JSON")
             print(f"warning: {path}: dropped a torn last line (a step after the checkpoint; it will be redone)")
     return records
 
@@ -685,6 +706,20 @@ def log_step(cfg, record, progress):
         tqdm.write("  ".join(line + [f"{record['gen_time'] + record.get('train_time', 0):.2f} s/step"]))
 
 
+def prepare(cfg):
+    """Threads, matmul precision, seed; the device, and whether the hub can be reached."""
+    if cfg.threads:  # the tiny model gains nothing from intra-op threads, and loses much on a busy CPU
+        torch.set_num_threads(cfg.threads)
+    torch.set_float32_matmul_precision("highest")  # fp32 matmuls stay fp32, not TF32 (formulas §6)
+    torch.manual_seed(cfg.seed)
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if device.type == "cpu" and cfg.preset != "tiny":
+        print(f"warning: no CUDA device: --preset {cfg.preset} runs on the CPU, very slowly (tiny is the CPU demo)")
+    online = hub_reachable(cfg.model, cfg.dataset)
+    datasets.config.HF_HUB_OFFLINE = not online  # no minute of retries when the hub cannot be reached
+    return device, online
+
+
 def setup(cfg):
     """Model, tokenizer, train and eval data; every user-input problem surfaces here as a ValueError."""
     if cfg.resume and not latest_checkpoint(cfg.out):
@@ -692,13 +727,10 @@ def setup(cfg):
     if os.path.exists(os.path.join(cfg.out, "metrics.jsonl")) and not (cfg.resume or cfg.overwrite):
         raise ValueError(f"--out {cfg.out!r} holds another run's metrics; add --resume to continue it or "
                          "--overwrite to start over")
-    if cfg.threads:  # the tiny model gains nothing from intra-op threads, and loses much on a busy CPU
-        torch.set_num_threads(cfg.threads)
-    torch.set_float32_matmul_precision("highest")  # fp32 matmuls stay fp32, not TF32 (formulas §6)
-    torch.manual_seed(cfg.seed)
-    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device, online = prepare(cfg)
     # on --resume, weights and tokenizer come from the checkpoint (the config from OUT/config.json, see main)
-    model, tokenizer = load_model_and_tokenizer(latest_checkpoint(cfg.out) if cfg.resume else cfg.model, device)
+    model, tokenizer = load_model_and_tokenizer(latest_checkpoint(cfg.out) if cfg.resume else cfg.model, device,
+                                                online)
     if cfg.gradient_checkpointing:
         model.gradient_checkpointing_enable()
     eval_data = load_data(cfg, tokenizer, split="test") if cfg.eval_every else None
@@ -768,11 +800,30 @@ def parse_args(argv):
     return vars(parser.parse_args(argv))
 
 
+def evaluate_only(argv):
+    """`eval CHECKPOINT_OR_MODEL`: held-out accuracy, printed and written to CHECKPOINT/eval.json (OUT/eval.json
+    for a hub model). A checkpoint of this script evaluates with its run's config.json; flags override it."""
+    if not argv or argv[0].startswith("-"):
+        raise ValueError("usage: erc_minimal.py eval CHECKPOINT_OR_MODEL [flags]")
+    run_config = Path(argv[0]).parent / "config.json"
+    given = {**(json.loads(run_config.read_text()) if run_config.exists() else {}), **parse_args(argv[1:])}
+    cfg = Config(**{**given, "model": argv[0], "eval_every": 1, "resume": False, "overwrite": False})
+    model, tokenizer = load_model_and_tokenizer(cfg.model, *prepare(cfg))
+    result = evaluate(make_sampler(model, cfg.bf16), tokenizer, load_data(cfg, tokenizer, split="test"), cfg)
+    path = Path(cfg.model if os.path.isdir(cfg.model) else cfg.out, "eval.json")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(result) + "\n")
+    print("  ".join(f"{k} {v:.3f}" for k, v in result.items()) + f"  ({path})")
+    return result
+
+
 def main(argv=None):
     argv = sys.argv[1:] if argv is None else argv
     disable_progress_bars()  # datasets' per-map bars; the training bar is ours
     transformers_logging.disable_progress_bar()  # no "Writing model shards" bar at every checkpoint
     try:
+        if argv[:1] == ["eval"]:  # python erc_minimal.py eval CHECKPOINT_OR_MODEL [flags]: accuracy, no training
+            return evaluate_only(argv[1:])
         given = parse_args(argv)
         saved = Path(given.get("out", Config.out), "config.json")
         if given.get("resume") and saved.exists():

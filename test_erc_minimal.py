@@ -1,11 +1,12 @@
 """Tests for erc_minimal.py. Every expected value is computed independently here, from the formula sheet
 docs/equations.md, never from the function under test. Run: python -m pytest -q test_erc_minimal.py"""
-import copy
+import importlib.util
 import math
 import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 
 import pytest
@@ -663,7 +664,7 @@ def tiny_argv(out, *extra):
     (["--max-new-tokens", "0"], "must be > 0"),
     (["--num-minibatches", "3"], "must divide the rollout batch"),
     (["--dataset", "/nonexistent/data.jsonl"], "does not exist"),
-    (["--model", "/nonexistent/model"], "--preset tiny"),
+    (["--model", "/nonexistent/model"], "no such directory"),
     (["--steps", "abc"], "invalid int value"),
     (["--ercc"], "unrecognized arguments"),
     (["--erc-high", "1.1"], "act only with --erc"),
@@ -723,31 +724,116 @@ def start_cli(*argv):
                             text=True)
 
 
-def wait_for_lines(path, n, process):
-    while not (path.exists() and len(path.read_text().splitlines()) >= n):
+def wait_for(condition, process):
+    while not condition():
         assert process.poll() is None, process.communicate()
-        time.sleep(0.02)
+        time.sleep(0.001)
 
 
-def test_interrupted_and_resumed_run_matches_uninterrupted(tmp_path, capsys):
-    """A real Ctrl-C (SIGINT) to a running process: it finishes the step, saves and exits 0; --resume then
-    continues bit for bit on CPU (metrics but timings, and final weights, equal an uninterrupted run's)."""
-    argv = ["--steps", "40", "--save-every", "10", "--eval-every", "10", "--eval-prompts", "8"]
+def test_killed_and_interrupted_runs_resume_to_the_uninterrupted_run(tmp_path, capsys):
+    """Faults at varied moments, each followed by --resume; at the end metrics.jsonl holds every step exactly once
+    and equals (all but timings) an uninterrupted run of the same seed, and the final weights are bit for bit the
+    same: (1) a real SIGINT (Ctrl-C) to this process mid-run: the step finishes, a checkpoint is saved, main
+    returns; (2) SIGKILL to a resumed run while it writes a checkpoint (its .tmp folder exists); then the damage
+    kills leave elsewhere: (3) a torn last metrics line, as a kill inside a write leaves it, and (4) `latest`
+    one checkpoint behind, as a kill between a checkpoint's rename and the `latest` update leaves it."""
+    argv = ["--steps", "30", "--save-every", "2", "--eval-every", "10", "--eval-prompts", "8"]
     whole = E.main(tiny_argv(tmp_path / "whole", *argv))
-    process = start_cli(*tiny_argv(tmp_path / "cut", *argv))
-    wait_for_lines(tmp_path / "cut" / "metrics.jsonl", 12, process)
-    process.send_signal(signal.SIGINT)
-    out, err = process.communicate(timeout=60)
-    assert process.returncode == 0 and "interrupted after step" in out, err
-    cut_at = len(E.read_jsonl(tmp_path / "cut" / "metrics.jsonl"))
-    assert 12 <= cut_at < 40 and (tmp_path / "cut" / "latest").read_text() == f"checkpoint-{cut_at}"
-    resumed = E.main(["--out", str(tmp_path / "cut"), "--resume"])
+    out = tmp_path / "cut"
+    metrics = out / "metrics.jsonl"
+
+    def lines():
+        return len(metrics.read_text().splitlines()) if metrics.exists() else 0
+
+    def interrupt_after_six_steps():
+        while lines() < 6:
+            time.sleep(0.001)
+        os.kill(os.getpid(), signal.SIGINT)
+
+    threading.Thread(target=interrupt_after_six_steps, daemon=True).start()
+    cut = E.main(tiny_argv(out, *argv))
+    assert 6 <= len(cut) < 30 and "interrupted after step" in capsys.readouterr().out
+    resume = ["--out", str(out), "--resume"]
+    process = start_cli(*resume)
+    wait_for(lambda: any(p.suffix == ".tmp" and p.is_dir() for p in out.iterdir()), process)
+    process.kill()
+    assert process.wait() == -signal.SIGKILL
+    with open(metrics, "a") as f:
+        f.write('{"step": 99, "rew')
+    (out / "latest").write_text(E.checkpoints(str(out))[-2])
+    resumed = E.main(resume)
+    assert "dropped a torn last line" in capsys.readouterr().out
     assert comparable(resumed) == comparable(whole)
-    on_disk = E.read_jsonl(tmp_path / "cut" / "metrics.jsonl")
-    assert [r["step"] for r in on_disk] == list(range(40))
-    a = E.AutoModelForCausalLM.from_pretrained(tmp_path / "whole" / "checkpoint-40")
-    b = E.AutoModelForCausalLM.from_pretrained(tmp_path / "cut" / "checkpoint-40")
+    assert [r["step"] for r in E.read_jsonl(metrics)] == list(range(30))
+    assert not [p for p in out.iterdir() if p.suffix == ".tmp"]
+    a = E.AutoModelForCausalLM.from_pretrained(tmp_path / "whole" / "checkpoint-30")
+    b = E.AutoModelForCausalLM.from_pretrained(out / "checkpoint-30")
     assert all(torch.equal(p, q) for p, q in zip(a.parameters(), b.parameters()))
+
+
+def test_full_disk_while_checkpointing_is_one_line_and_keeps_the_last_checkpoint(tmp_path, capsys, monkeypatch):
+    """An OSError (here ENOSPC from torch.save on the second checkpoint): one line naming the folder and the
+    error, exit 2; checkpoint-1 and `latest` intact; no .tmp folder left behind."""
+    save, calls = torch.save, []
+
+    def save_then_disk_full(*args, **kwargs):
+        calls.append(1)
+        if len(calls) > 1:
+            raise OSError(28, "No space left on device")
+        return save(*args, **kwargs)
+
+    monkeypatch.setattr(torch, "save", save_then_disk_full)
+    with pytest.raises(SystemExit) as exit_info:
+        E.main(tiny_argv(tmp_path, "--steps", "3", "--save-every", "1"))
+    errors = [line for line in capsys.readouterr().err.splitlines() if "erc_minimal: error" in line]
+    assert exit_info.value.code == 2 and len(errors) == 1  # beside the progress bar
+    assert "checkpoint-2.tmp" in errors[0] and "No space left on device" in errors[0]
+    assert (tmp_path / "latest").read_text() == "checkpoint-1" and (tmp_path / "checkpoint-1").is_dir()
+    assert not list(tmp_path.glob("*.tmp"))
+
+
+@pytest.mark.parametrize("damage,named", [("truncate weights", "checkpoint-2"),
+                                          ("remove trainer state", "trainer_state.pt")])
+def test_unloadable_checkpoint_is_one_line(tmp_path, capsys, damage, named):
+    E.main(tiny_argv(tmp_path, "--steps", "2"))
+    if damage == "truncate weights":
+        weights = tmp_path / "checkpoint-2" / "model.safetensors"
+        weights.write_bytes(weights.read_bytes()[:1000])
+    else:
+        (tmp_path / "checkpoint-2" / "trainer_state.pt").unlink()
+    with pytest.raises(SystemExit) as exit_info:
+        E.main(["--out", str(tmp_path), "--resume", "--steps", "4"])
+    errors = [line for line in capsys.readouterr().err.splitlines() if "erc_minimal: error" in line]
+    assert exit_info.value.code == 2 and len(errors) == 1 and named in errors[0], errors
+
+
+def test_malformed_metrics_line_names_file_and_line(tmp_path, capsys):
+    E.main(tiny_argv(tmp_path, "--steps", "3"))
+    rows = (tmp_path / "metrics.jsonl").read_text().splitlines()
+    (tmp_path / "metrics.jsonl").write_text("\n".join([rows[0], "{oops", rows[2]]) + "\n")
+    with pytest.raises(SystemExit) as exit_info:
+        E.main(["--out", str(tmp_path), "--resume", "--steps", "4"])
+    errors = [line for line in capsys.readouterr().err.splitlines() if "erc_minimal: error" in line]
+    assert exit_info.value.code == 2 and len(errors) == 1 and "metrics.jsonl, line 2" in errors[0]
+
+
+def test_eval_entry_point_matches_the_runs_own_evaluation(tmp_path):
+    """`eval CHECKPOINT` uses the run's config.json: its greedy accuracy equals the one the run logged at its
+    last step (same weights, same held-out prompts, greedy decoding), and it is written to CHECKPOINT/eval.json."""
+    rows = E.main(tiny_argv(tmp_path, "--steps", "20", "--eval-every", "20", "--eval-prompts", "16"))
+    result = E.main(["eval", str(tmp_path / "checkpoint-20")])
+    assert result["eval_greedy"] == rows[-1]["eval_greedy"]
+    assert E.read_jsonl(tmp_path / "checkpoint-20" / "eval.json") == [result]
+
+
+def test_unreachable_hub_fails_fast_and_says_so(tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    started = time.time()
+    with pytest.raises(SystemExit) as exit_info:
+        E.main(["--out", str(tmp_path)])
+    err = capsys.readouterr()
+    assert exit_info.value.code == 2 and "HF_HUB_OFFLINE" in err.err and time.time() - started < 20
+    assert torch.cuda.is_available() or "no CUDA device" in err.out
 
 
 def test_nonfinite_updates_are_skipped_then_the_run_stops(tmp_path, capsys):
@@ -778,9 +864,17 @@ def test_checkpoint_loads_with_from_pretrained_and_keeps_the_newest(tmp_path, ca
     assert tokenizer.decode(tokenizer("12+3=").input_ids) == "12+3=" and model.config.vocab_size == len(tokenizer)
 
 
+def load_script(path):
+    """A script of this repository (experiments/, a patched copy of erc_minimal.py) imported as a module."""
+    spec = importlib.util.spec_from_file_location(os.path.basename(path)[:-3], path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
 def test_plot_script_draws_the_metrics(tmp_path):
     pytest.importorskip("matplotlib", reason="the plot needs matplotlib (optional)")
     E.main(tiny_argv(tmp_path, "--steps", "2"))
-    script = os.path.join(os.path.dirname(E.__file__), "experiments", "plot_metrics.py")
-    subprocess.run([sys.executable, script, str(tmp_path)], check=True, capture_output=True)
+    plot = load_script(os.path.join(os.path.dirname(E.__file__), "experiments", "plot_metrics.py"))
+    assert plot.plot_metrics(str(tmp_path)) == str(tmp_path / "metrics.png")
     assert (tmp_path / "metrics.png").stat().st_size > 10_000
