@@ -6,6 +6,7 @@ import os
 import signal
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 
@@ -878,3 +879,54 @@ def test_plot_script_draws_the_metrics(tmp_path):
     plot = load_script(os.path.join(os.path.dirname(E.__file__), "experiments", "plot_metrics.py"))
     assert plot.plot_metrics(str(tmp_path)) == str(tmp_path / "metrics.png")
     assert (tmp_path / "metrics.png").stat().st_size > 10_000
+
+
+# ------------------------------------------------------------------ worked ablations (docs/ablations/*.patch)
+def patched_script(tmp_path, name):
+    """erc_minimal.py with docs/ablations/NAME.patch applied by `git apply`, imported as a fresh module."""
+    root = os.path.dirname(os.path.abspath(E.__file__))
+    folder = tmp_path / tempfile.mkdtemp(prefix=name, dir=tmp_path)
+    (folder / "erc_minimal.py").write_text(open(os.path.join(root, "erc_minimal.py")).read())
+    patch = os.path.join(root, "docs", "ablations", f"{name}.patch")
+    run = subprocess.run(["git", "apply", patch], cwd=folder, capture_output=True, text=True)
+    assert run.returncode == 0, f"{name}.patch no longer applies: {run.stderr}"
+    return load_script(str(folder / "erc_minimal.py"))
+
+
+def test_ablation_one_sided_erc_band(tmp_path):
+    P = patched_script(tmp_path, "one_sided")
+    cfg = P.Config(preset="tiny", erc=True)
+    old = torch.ones(4)
+    assert P.outside_erc_band(old * torch.tensor([0.9, 0.96, 1.04, 1.2]), old, cfg).tolist() == [True, False,
+                                                                                                   False, False]
+    rows = P.main(tiny_argv(tmp_path / "run", "--erc", "--steps", "3"))
+    assert len(rows) == 3
+
+
+def test_ablation_k3_kl_to_the_initial_policy_survives_resume(tmp_path):
+    """The penalty is >= 0 and grows from 0; after --resume (a fresh process: a freshly imported module) the
+    reference is still the initial model, not the checkpoint that training resumed from."""
+    P = patched_script(tmp_path, "kl")
+    rows = P.main(tiny_argv(tmp_path / "run", "--steps", "3", "--kl-coef", "0.01"))
+    assert all(r["kl"] >= 0 for r in rows) and rows[-1]["kl"] > 0
+    resumed = patched_script(tmp_path, "kl")
+    rows = resumed.main(["--out", str(tmp_path / "run"), "--resume", "--steps", "4"])
+    torch.manual_seed(0)
+    initial = E.make_tiny_model(13)
+    reference = resumed.REFERENCE["model"]
+    assert all(torch.equal(p, q) for p, q in zip(initial.parameters(), reference.parameters()))
+    checkpoint = E.AutoModelForCausalLM.from_pretrained(tmp_path / "run" / "checkpoint-3")
+    assert not all(torch.equal(p, q) for p, q in zip(checkpoint.parameters(), reference.parameters()))
+
+
+def test_ablation_dr_grpo(tmp_path):
+    """Dr. GRPO: advantages R - mean (no std), loss normalised by responses x max_new_tokens."""
+    P = patched_script(tmp_path, "dr_grpo")
+    assert P.group_advantages(torch.tensor([1.0, 0.0, 0.0, 0.0]), 4).tolist() == [0.75, -0.25, -0.25, -0.25]
+    cfg = P.Config(preset="tiny", max_new_tokens=20)
+    logp, old, adv, mask = grid()
+    micro = rollout_tensors(old, adv, mask)
+    loss, _ = P.objective(logp, None, micro, micro, cfg)
+    expected = (reference_token_loss("grpo", torch.exp(logp - old), adv[:, None], logp, cfg) * mask).sum() / (3 * 20)
+    torch.testing.assert_close(loss, expected)
+    assert len(P.main(tiny_argv(tmp_path / "run", "--steps", "3"))) == 3
