@@ -731,8 +731,8 @@ def setup(cfg):
     # on --resume, weights and tokenizer come from the checkpoint (the config from OUT/config.json, see main)
     model, tokenizer = load_model_and_tokenizer(latest_checkpoint(cfg.out) if cfg.resume else cfg.model, device,
                                                 online)
-    if cfg.gradient_checkpointing:
-        model.gradient_checkpointing_enable()
+    if cfg.gradient_checkpointing:  # transformers 5 renamed gradient_checkpointing_enable
+        getattr(model, "activation_checkpointing_enable", model.gradient_checkpointing_enable)()
     eval_data = load_data(cfg, tokenizer, split="test") if cfg.eval_every else None
     return model, tokenizer, load_data(cfg, tokenizer), eval_data
 
