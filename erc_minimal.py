@@ -11,6 +11,8 @@ In the order a step runs: config, data, reward, rollout, log-probs and entropies
 import argparse
 import copy
 import dataclasses
+import importlib
+import importlib.util
 import json
 import os
 import random
@@ -70,6 +72,7 @@ class Config:
     dataset: str = arg(None, "hub id, or a local .json/.jsonl/.parquet/.csv file (default: the preset's)", type=str)
     prompt_field: str = arg(None, "dataset column holding the question", type=str)
     answer_field: str = arg(None, "dataset column holding the gold answer (text after '####' if present)", type=str)
+    reward: str = arg("numeric", "numeric: built-in number check; math-verify: symbolic (pip install math-verify)")
     # --- policy loss (formulas §3-§5); None = the algorithm's default
     algo: str = arg("grpo", "policy loss: " + ", ".join(ALGOS))
     eps_low: float = arg(None, "ratio clip: lower bound is 1 - eps_low", type=float)
@@ -105,7 +108,10 @@ class Config:
     eval_prompts: int = arg(None, "held-out prompts per evaluation", type=int)
     eval_samples: int = arg(4, "samples per prompt for avg@k accuracy at --eval-temperature")
     eval_temperature: float = arg(1.0, "sampling temperature of the avg@k evaluation")
+    eval_top_p: float = arg(1.0, "top-p of the avg@k evaluation (the ERC recipes validate at T 0.6, top-p 0.95)")
+    eval_dataset: str = arg(None, "held-out data, hub id or local file (default: --dataset's test split)", type=str)
     log_every: int = arg(10, "print one console line every N steps (metrics.jsonl gets every step)")
+    report_to: str = arg("none", "also send each step's record to: none, wandb, trackio, tensorboard")
     save_every: int = arg(0, "checkpoint every N steps; always at the end and on Ctrl-C / SIGTERM")
     save_total_limit: int = arg(3, "keep the newest N checkpoints")
     max_bad_steps: int = arg(3, "stop after this many consecutive steps with a non-finite loss or gradient")
@@ -115,9 +121,11 @@ class Config:
     overwrite: bool = arg(False, "start over in --out even if it holds another run")
 
     def __post_init__(self):
-        for name, choices in (("algo", ALGO_DEFAULTS), ("preset", PRESETS)):
+        for name, choices in (("algo", ALGO_DEFAULTS), ("preset", PRESETS), ("reward", REWARDS),
+                              ("report_to", ("none", "wandb", "trackio", "tensorboard"))):
             if getattr(self, name) not in choices:
-                raise ValueError(f"unknown --{name} {getattr(self, name)!r}; choose one of {', '.join(choices)}")
+                raise ValueError(f"unknown --{name.replace('_', '-')} {getattr(self, name)!r}; choose one of "
+                                 f"{', '.join(choices)}")
         for name, value in {**ALGO_DEFAULTS[self.algo], **PRESETS[self.preset]}.items():
             if getattr(self, name) is None:
                 setattr(self, name, value)
@@ -129,6 +137,7 @@ class Config:
                     raise ValueError(f"--{name.replace('_', '-')} must be {sign} 0, got {value}")
         checks = [  # (condition that must hold, message)
             (self.eps_low <= 1, f"--eps-low must be in (0, 1], got {self.eps_low}"),
+            (0 < self.eval_top_p <= 1, f"--eval-top-p must be in (0, 1], got {self.eval_top_p}"),
             (self.clip_c is None or self.clip_c > 1, f"--clip-c must be > 1, got {self.clip_c}"),
             (self.clip_c is None or self.algo not in ("cispo", "gspo"), f"--clip-c does not apply to {self.algo}"),
             (self.algo in ("gppo", "cegppo") or (self.beta1, self.beta2) == (1.0, 1.0),
@@ -221,26 +230,27 @@ def format_prompt(question, tokenizer):
 
 
 def load_data(cfg, tokenizer, split="train"):
-    """Columns 'prompt' (formatted) and 'answer' (gold final answer). split='test': GSM8K's test split, or fresh
-    tiny samples (the tiny task has only 25 distinct questions)."""
-    if cfg.dataset == "tiny":
+    """Columns 'prompt' (formatted) and 'answer' (gold final answer). split='test': --eval-dataset, else the test
+    split of --dataset (GSM8K's), or fresh tiny samples (the tiny task has only 25 distinct questions)."""
+    source = cfg.eval_dataset if split == "test" and cfg.eval_dataset else cfg.dataset
+    if source == "tiny":
         data = make_tiny_dataset(2000 if split == "train" else cfg.eval_prompts, seed=cfg.seed + (split != "train"))
-    elif Path(cfg.dataset).suffix in (".json", ".jsonl", ".parquet", ".csv"):
-        if not os.path.isfile(cfg.dataset):
-            raise ValueError(f"--dataset file {cfg.dataset!r} does not exist")
-        if split != "train":
-            raise ValueError("--eval-every needs a held-out split, and a local --dataset file has only one")
-        data = load_dataset(Path(cfg.dataset).suffix[1:].replace("jsonl", "json"), data_files=cfg.dataset)["train"]
+    elif Path(source).suffix in (".json", ".jsonl", ".parquet", ".csv"):
+        if not os.path.isfile(source):
+            raise ValueError(f"dataset file {source!r} does not exist")
+        if source == cfg.dataset and split != "train":
+            raise ValueError("a local --dataset file has no held-out split: evaluate on --eval-dataset FILE_OR_HUB_ID")
+        data = load_dataset(Path(source).suffix[1:].replace("jsonl", "json"), data_files=source)["train"]
     else:
         try:
-            data = load_dataset(cfg.dataset, "main" if cfg.dataset == "openai/gsm8k" else None, split=split)
+            data = load_dataset(source, "main" if source == "openai/gsm8k" else None, split=split)
         except Exception as e:  # datasets raises many types offline; all mean "cannot load"
-            raise ValueError(f"cannot load dataset {cfg.dataset!r} ({first_line(e)})") from None
+            raise ValueError(f"cannot load dataset {source!r} ({first_line(e)})") from None
     if split != "train":
         data = data.select(range(min(cfg.eval_prompts, len(data))))
     missing = [f for f in (cfg.prompt_field, cfg.answer_field) if f not in data.column_names]
     if missing:
-        raise ValueError(f"dataset {cfg.dataset!r} has no field {missing[0]!r}; its fields are {data.column_names}")
+        raise ValueError(f"dataset {source!r} has no field {missing[0]!r}; its fields are {data.column_names}")
     data = data.map(lambda row: {"prompt": format_prompt(row[cfg.prompt_field], tokenizer),
                                  "answer": str(row[cfg.answer_field]).split("####")[-1].strip()},
                     remove_columns=data.column_names)
@@ -268,21 +278,28 @@ def last_boxed(text):
 
 
 def extract_answer(text):
-    """The final answer of a completion: last \\boxed{}, else after '####' / 'answer is', else the last number."""
+    """The final answer of a completion: last \\boxed{}, else after '####' / 'answer is' / 'answer:', else the
+    last number."""
     boxed = last_boxed(text)
     if boxed is not None:
         return boxed.strip().strip("$").rstrip(".").strip()
-    marked = re.findall(r"(?:####|answer is)\s*:?\s*\$?\s*(" + NUMBER + ")", text, flags=re.IGNORECASE)
+    marked = re.findall(r"(?:####|answer is|answer\s*:)[\s:*$]*(" + NUMBER + ")", text, flags=re.IGNORECASE)
     numbers = marked or re.findall(NUMBER, text)
     return numbers[-1].rstrip(".") if numbers else None
 
 
 def to_number(answer):
-    """'1,234' / '$3.50' / '\\frac{1}{2}' / '1/2' / '50%' -> Fraction, or None when it is not a number."""
+    """A final answer as a Fraction, or None when it is not a plain number. Handles 1,234 and 1{,}234, $ and %,
+    \\text{18} / \\textbf{18}, a unit word after the number (18 \\text{ cm}^2, 90 minutes), 45^\\circ, x = 7,
+    and \\frac{a}{b} / \\frac12 / -\\frac{a}{b}."""
     if answer is None:
         return None
-    s = re.sub(r"\\text\{[^}]*\}|\\[!,$%]|[\s$,%]", "", answer).rstrip(".")
-    s = re.sub(r"^\\[dt]?frac\{(-?\d+)\}\{(-?\d+)\}$", r"\1/\2", s)
+    s = re.sub(r"\\(?:text|textbf|mathrm|mathbf|mbox)\{([^{}]*)\}", r" \1 ", answer)  # unwrap \text{...}
+    s = re.sub(r"\{,\}|\\[!,;: $%]|[~$%,]|\^\\circ|°", "", s)  # separators, spaces, currency, percent, degrees
+    s = re.sub(r"^\s*[a-zA-Z]\s*=", "", s)  # x = 7
+    s = re.sub(r"(?<=[\d.])\s*[a-zA-Z]{2,}(?:\s*\^\{?\d\}?)?\s*$", "", s)  # a unit word: 18 cm^2, 90 minutes
+    s = re.sub(r"\s", "", s).rstrip(".")
+    s = re.sub(r"^(-?)\\[dt]?frac\{?(-?\d+)\}?\{?(\d+)\}?$", r"\1\2/\3", s)
     try:
         return Fraction(s)
     except (ValueError, ZeroDivisionError):
@@ -295,10 +312,21 @@ def reward_fn(completion, answer):
     return float(gold is not None and pred == gold)
 
 
+def math_verify_reward(completion, answer):
+    """--reward math-verify: HF's math-verify compares expressions symbolically (MATH, AIME answers)."""
+    from math_verify import parse, verify
+    gold = parse(f"${answer}$")
+    return float(bool(gold) and verify(gold, parse(completion)))
+
+
+REWARDS = {"numeric": reward_fn, "math-verify": math_verify_reward}
+
+
 # ================================================================== rollout
 @torch.no_grad()
-def rollout(model, tokenizer, prompts, num_samples, temperature, max_new_tokens, static_cache=False):
-    """Sample num_samples responses per prompt from softmax(logits / temperature); temperature 0 is greedy.
+def rollout(model, tokenizer, prompts, num_samples, temperature, max_new_tokens, static_cache=False, top_p=1.0):
+    """Sample num_samples responses per prompt from softmax(logits / temperature) (top_p < 1 only to evaluate);
+    temperature 0 is greedy.
     Returns input_ids [B, P+T], attention_mask [B, P+T], response_mask [B, T], with B = len(prompts) *
     num_samples and the responses of a prompt consecutive."""
     model.eval()
@@ -306,7 +334,7 @@ def rollout(model, tokenizer, prompts, num_samples, temperature, max_new_tokens,
     enc = tokenizer(prompts, return_tensors="pt", padding=True, pad_to_multiple_of=64 if static_cache else None,
                     add_special_tokens=False).to(model.device)
     # formulas §6: every sampling parameter explicit, so the model's generation_config cannot leak in.
-    sampling = dict(do_sample=True, temperature=temperature, top_p=1.0, top_k=0) if temperature > 0 else \
+    sampling = dict(do_sample=True, temperature=temperature, top_p=top_p, top_k=0) if temperature > 0 else \
         dict(do_sample=False)
     eos = model.generation_config.eos_token_id  # instruct models may have several EOS ids
     eos = sorted({tokenizer.eos_token_id, *(eos if isinstance(eos, list) else [eos] if eos is not None else [])})
@@ -328,11 +356,11 @@ def make_response_mask(completion_ids, eos_ids):
     return (eos_before == 0).long()
 
 
-def response_rewards(tokenizer, input_ids, response_mask, answers, num_samples):
-    """reward_fn of every decoded response [B]; `answers` holds one gold answer per prompt."""
+def response_rewards(tokenizer, input_ids, response_mask, answers, num_samples, reward="numeric"):
+    """The reward of every decoded response [B]; `answers` holds one gold answer per prompt."""
     completions = tokenizer.batch_decode(input_ids[:, -response_mask.shape[1]:], skip_special_tokens=True)
     answers = [a for a in answers for _ in range(num_samples)]
-    return torch.tensor([reward_fn(c, a) for c, a in zip(completions, answers)])
+    return torch.tensor([REWARDS[reward](c, a) for c, a in zip(completions, answers)])
 
 
 def make_sampler(model, bf16):
@@ -568,7 +596,8 @@ def train_step(cfg, model, sampler, optimizer, scheduler, tokenizer, rows):
     t0 = time.time()
     input_ids, attention_mask, response_mask = rollout(sampler, tokenizer, rows["prompt"], cfg.group_size,
                                                        cfg.temperature, cfg.max_new_tokens, cfg.static_cache)
-    rewards = response_rewards(tokenizer, input_ids, response_mask, rows["answer"], cfg.group_size).to(model.device)
+    rewards = response_rewards(tokenizer, input_ids, response_mask, rows["answer"], cfg.group_size, cfg.reward)
+    rewards = rewards.to(model.device)
     batch = dict(input_ids=input_ids, attention_mask=attention_mask, response_mask=response_mask, rewards=rewards,
                  advantages=group_advantages(rewards, cfg.group_size))
     record = dict(reward=rewards.mean().item(), response_len=response_mask.sum(1).float().mean().item(),
@@ -594,7 +623,7 @@ def train_step(cfg, model, sampler, optimizer, scheduler, tokenizer, rows):
 # ================================================================== the loop and its plumbing
 @torch.no_grad()
 def evaluate(model, tokenizer, data, cfg):
-    """Held-out accuracy: greedy, and avg@k (the mean over k samples at --eval-temperature)."""
+    """Held-out accuracy: greedy, and avg@k (the mean over k samples at --eval-temperature and --eval-top-p)."""
     result = {}
     for name, k, temperature in (("eval_greedy", 1, 0.0),
                                  (f"eval_avg@{cfg.eval_samples}", cfg.eval_samples, cfg.eval_temperature)):
@@ -602,8 +631,8 @@ def evaluate(model, tokenizer, data, cfg):
         for start in range(0, len(data), cfg.prompts_per_step):
             rows = data[start:start + cfg.prompts_per_step]
             ids, _, response_mask = rollout(model, tokenizer, rows["prompt"], k, temperature, cfg.max_new_tokens,
-                                            cfg.static_cache)
-            correct += response_rewards(tokenizer, ids, response_mask, rows["answer"], k).tolist()
+                                            cfg.static_cache, cfg.eval_top_p)
+            correct += response_rewards(tokenizer, ids, response_mask, rows["answer"], k, cfg.reward).tolist()
         result[name] = sum(correct) / len(correct)
     return result
 
@@ -694,20 +723,46 @@ def start_or_resume(cfg, optimizer, scheduler):
     return start, order, history
 
 
-def log_step(cfg, record, progress):
-    """Every step: a line of OUT/metrics.jsonl. Every --log-every steps and at evaluations: a console line."""
+def make_reporter(cfg):
+    """--report-to: a function that sends a step's record to wandb, trackio or tensorboard (None for none)."""
+    if cfg.report_to == "tensorboard":
+        from torch.utils.tensorboard import SummaryWriter
+        writer = SummaryWriter(os.path.join(cfg.out, "tensorboard"))
+
+        def report(record):
+            for key, value in record.items():
+                writer.add_scalar(key, value, record["step"])
+            writer.flush()
+        return report
+    if cfg.report_to in ("wandb", "trackio"):  # trackio follows wandb's init / log
+        tracker = importlib.import_module(cfg.report_to)
+        tracker.init(project="erc_minimal", name=os.path.basename(os.path.abspath(cfg.out)),
+                     config=dataclasses.asdict(cfg))
+        return lambda record: tracker.log(record, step=record["step"])
+    return None
+
+
+def log_step(cfg, record, progress, report):
+    """Every step: a line of OUT/metrics.jsonl (and --report-to). Every --log-every steps and at evaluations: a
+    console line."""
     with open(os.path.join(cfg.out, "metrics.jsonl"), "a") as f:
         f.write(json.dumps(record) + "\n")
+    if report:
+        report(record)
     progress.set_postfix(reward=f"{record['reward']:.2f}")
     evals = {k: v for k, v in record.items() if k.startswith("eval_")}
     if (record["step"] + 1) % cfg.log_every == 0 or evals:
-        shown = dict(reward="reward", entropy="entropy", clip_frac="clip", erc_clip_frac="erc_clip", **evals)
+        shown = dict(reward="reward", entropy="entropy", clip_frac="clip", erc_clip_frac="erc_clip")
+        shown.update({k: k for k in evals})
         line = [f"step {record['step'] + 1:>4}"] + [f"{shown[k]} {record[k]:.3f}" for k in shown if k in record]
         tqdm.write("  ".join(line + [f"{record['gen_time'] + record.get('train_time', 0):.2f} s/step"]))
 
 
 def prepare(cfg):
-    """Threads, matmul precision, seed; the device, and whether the hub can be reached."""
+    """Optional packages, threads, matmul precision, seed; the device, and whether the hub can be reached."""
+    for choice in (cfg.reward, cfg.report_to):  # packages imported only when asked for
+        if choice not in ("none", "numeric") and importlib.util.find_spec(choice.replace("-", "_")) is None:
+            raise ValueError(f"{choice} is not installed (pip install {choice})")
     if cfg.threads:  # the tiny model gains nothing from intra-op threads, and loses much on a busy CPU
         torch.set_num_threads(cfg.threads)
     torch.set_float32_matmul_precision("highest")  # fp32 matmuls stay fp32, not TF32 (formulas §6)
@@ -743,7 +798,7 @@ def train(cfg, model, tokenizer, data, eval_data=None, stop=()):
     optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay, fused=True)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: min(1.0, (step + 1) / (cfg.warmup_steps + 1)))
     start, order, history = start_or_resume(cfg, optimizer, scheduler)
-    sampler = make_sampler(model, cfg.bf16)
+    sampler, report = make_sampler(model, cfg.bf16), make_reporter(cfg)
     bad_steps, t_start = 0, time.time()
     progress = tqdm(range(start, cfg.steps), initial=start, total=cfg.steps, desc=cfg.algo + "+erc" * cfg.erc)
     for step in progress:
@@ -755,7 +810,7 @@ def train(cfg, model, tokenizer, data, eval_data=None, stop=()):
         if cfg.eval_every and ((step + 1) % cfg.eval_every == 0 or step + 1 == cfg.steps):
             record.update(evaluate(sampler, tokenizer, eval_data, cfg))
         history.append(record)
-        log_step(cfg, record, progress)
+        log_step(cfg, record, progress, report)
         bad_steps = bad_steps + 1 if record.get("nonfinite_updates") else 0
         if bad_steps == 1:
             tqdm.write(f"warning: step {step}: non-finite loss or gradient, updates skipped")

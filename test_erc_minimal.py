@@ -348,12 +348,84 @@ REWARD_CASES = [  # (completion, gold, expected reward)
     ("seventy-two", "seventy-two", 0.0),
     ("\\boxed{}", "", 0.0),
     ("The answer is 10", "10.0", 1.0),
+    # --- forms instruct models write (Qwen2.5, Llama-3, DeepSeek-R1-style), and GSM8K gold variants
+    ("The total cost is $\\boxed{\\text{18}}$.", "18", 1.0),
+    ("\\boxed{\\textbf{18}}", "18", 1.0),
+    ("\\boxed{\\mathbf{42}}", "42", 1.0),
+    ("\\boxed{1{,}234}", "1234", 1.0),
+    ("\\boxed{12{,}000{,}000}", "12000000", 1.0),
+    ("\\boxed{18\\ \\text{dollars}}", "18", 1.0),
+    ("\\boxed{18~\\text{cm}}", "18", 1.0),
+    ("\\boxed{18\\text{ cm}^2}", "18", 1.0),
+    ("\\boxed{45^\\circ}", "45", 1.0),
+    ("\\boxed{90 \\text{ minutes}}", "90", 1.0),
+    ("\\boxed{3 \\text{ hours}}", "180", 0.0),
+    ("\\boxed{-\\frac{1}{2}}", "-0.5", 1.0),
+    ("\\boxed{\\frac{-1}{2}}", "-1/2", 1.0),
+    ("\\boxed{-0.5}", "-\\frac{1}{2}", 1.0),
+    ("\\boxed{0.5}", "-\\frac{1}{2}", 0.0),
+    ("\\boxed{\\dfrac{7}{2}}", "3.5", 1.0),
+    ("\\boxed{\\frac12}", "0.5", 1.0),
+    ("\\boxed{\\$1,200.50}", "1200.5", 1.0),
+    ("\\boxed{\\$ 15}", "15", 1.0),
+    ("\\boxed{15\\%}", "15", 1.0),
+    ("\\boxed{x = 7}", "7", 1.0),
+    ("\\boxed{7.}", "7", 1.0),
+    ("\\boxed{ 007 }", "7", 1.0),
+    ("\\boxed{1.5 \\times 10^3}", "1500", 1.0),  # true, but the numeric checker does not evaluate expressions
+    ("\\boxed{5x}", "5", 0.0),  # an expression, not a number with a unit
+    ("So she has \\(\\boxed{24}\\) apples.", "24", 1.0),
+    ("Therefore, the final answer is: $\\boxed{36}$. I hope it is correct.", "36", 1.0),
+    ("Final Answer: The final answer is 36. I hope it is correct.", "36", 1.0),
+    ("**Answer:** 125", "125", 1.0),
+    ("**Final answer:** $125", "125", 1.0),
+    ("Answer: 18 apples and 3 oranges", "18", 1.0),
+    ("The answer is **42**.", "42", 1.0),
+    ("Step 1: 3 x 4 = 12.\nStep 2: 12 + 5 = 17.\nThe answer is 17.", "17", 1.0),
+    ("<think>\n3 + 4 = 7, then 7 * 2 = 14. Wait, 7 * 3 = 21.\n</think>\nThe answer is \\boxed{21}.", "21", 1.0),
+    ("<think>Maybe \\boxed{20}? No.</think>\n\\boxed{21}", "21", 1.0),
+    ("<think>\nI think it is 20.\n</think>\n**Final Answer**\n\\[\n\\boxed{20}\n\\]", "20", 1.0),
+    ("\\[ \\boxed{2{,}500} \\]", "2500", 1.0),
+    ("The result is 3.75 dollars.", "3.75", 1.0),
+    ("It takes 1.5 hours, which is 90 minutes.", "90", 1.0),
+    ("He earns $-5$ dollars.", "-5", 1.0),
+    ("#### 72", "72.00", 1.0),
+    ("\\boxed{72}", "$72", 1.0),
+    ("\\boxed{72}", "72 dollars", 1.0),
+    ("\\boxed{72}", "\\text{72}", 1.0),
+    ("\\boxed{72}", "", 0.0),
+    ("\\boxed{\\text{seventy-two}}", "72", 0.0),
+    ("\\boxed{}", "72", 0.0),
+    ("\\boxed{72", "72", 1.0),  # unclosed box: falls back to the last number
 ]
 
 
-@pytest.mark.parametrize("completion,gold,expected", REWARD_CASES)
+NUMERIC_MISSES = {("\\boxed{1.5 \\times 10^3}", "1500")}  # an expression: use --reward math-verify
+# Where HF's math-verify disagrees with the labels: a trailing period in the box, the first \boxed{} instead of the
+# last, the last number after a '####' answer, a unit after '~' or in the gold, an unclosed \boxed{.
+MATH_VERIFY_MISSES = {("\\boxed{72.}", "72"), ("first \\boxed{3} then \\boxed{5}", "5"),
+                      ("#### 72\nThen 5 more apples", "72"), ("\\boxed{18~\\text{cm}}", "18"), ("\\boxed{7.}", "7"),
+                      ("\\boxed{72}", "72 dollars"), ("\\boxed{72", "72")}
+
+
+@pytest.mark.parametrize("completion,gold,expected", [
+    pytest.param(*case, marks=pytest.mark.xfail(strict=True, reason="an expression, not a number"))
+    if case[:2] in NUMERIC_MISSES else case for case in REWARD_CASES])
 def test_reward_table(completion, gold, expected):
     assert E.reward_fn(completion, gold) == expected
+
+
+def test_reward_table_has_80_labelled_cases():
+    assert len(REWARD_CASES) >= 80 and len({case[:2] for case in REWARD_CASES}) == len(REWARD_CASES)
+
+
+def test_math_verify_backend_on_the_labelled_table():
+    """--reward math-verify against the same labels: it must agree everywhere except the listed cases (a change in
+    either direction fails, naming the cases), and never reward an unparsable gold."""
+    pytest.importorskip("math_verify", reason="--reward math-verify needs the math-verify package")
+    wrong = {(c, g) for c, g, expected in REWARD_CASES if E.math_verify_reward(c, g) != expected}
+    assert wrong == MATH_VERIFY_MISSES, f"new: {wrong - MATH_VERIFY_MISSES}, now right: {MATH_VERIFY_MISSES - wrong}"
+    assert E.math_verify_reward("\\boxed{72}", "seventy-two") == 0.0
 
 
 def test_extract_answer_examples():
@@ -930,3 +1002,99 @@ def test_ablation_dr_grpo(tmp_path):
     expected = (reference_token_loss("grpo", torch.exp(logp - old), adv[:, None], logp, cfg) * mask).sum() / (3 * 20)
     torch.testing.assert_close(loss, expected)
     assert len(P.main(tiny_argv(tmp_path / "run", "--steps", "3"))) == 3
+
+
+# ------------------------------------------------------------------ the real-data path, offline
+CHATML = ("{%- if messages[0]['role'] != 'system' %}"
+          "{{- '<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n' }}{%- endif %}"
+          "{%- for m in messages %}{{- '<|im_start|>' + m['role'] + '\n' + m['content'] + '<|im_end|>\n' }}"
+          "{%- endfor %}{%- if add_generation_prompt %}{{- '<|im_start|>assistant\n' }}{%- endif %}")
+
+
+def chat_tokenizer_and_model(seed=0):
+    """Like a Qwen instruct model: a ChatML chat template, pad = <|endoftext|>, and a generation config with two
+    EOS ids (<|im_end|>, <|endoftext|>). A character tokenizer over printable ASCII, built in code."""
+    import string
+    from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers
+    specials = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
+    vocab = {token: i for i, token in enumerate(specials + sorted(set(string.printable)))}
+    tok = Tokenizer(models.WordLevel(vocab, unk_token="<|endoftext|>"))
+    tok.pre_tokenizer = pre_tokenizers.Split(Regex("[\\s\\S]"), "isolated")
+    tok.decoder = decoders.Fuse()
+    tokenizer = E.PreTrainedTokenizerFast(tokenizer_object=tok, eos_token="<|im_end|>", pad_token="<|endoftext|>",
+                                          additional_special_tokens=specials[1:])
+    tokenizer.chat_template = CHATML
+    tokenizer.padding_side = "left"
+    torch.manual_seed(seed)
+    config = E.Qwen2Config(vocab_size=len(vocab), hidden_size=64, intermediate_size=256, num_hidden_layers=2,
+                           num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512,
+                           tie_word_embeddings=True, bos_token_id=1, eos_token_id=[2, 0], pad_token_id=0)
+    model = E.Qwen2ForCausalLM(config).eval()
+    model.generation_config.eos_token_id = [2, 0]
+    return tokenizer, model
+
+
+def test_chat_template_prompt_and_two_eos_ids():
+    """The prompt is what the ChatML template gives; generation stops at either EOS id, and the response mask
+    ends at the first of them (formulas §1)."""
+    tokenizer, model = chat_tokenizer_and_model()
+    prompt = E.format_prompt("What is 2+3?", tokenizer)
+    assert prompt == ("<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n<|im_start|>user\nWhat is 2+3?\n"
+                      "Please reason step by step, and put your final answer within \\boxed{}.<|im_end|>\n"
+                      "<|im_start|>assistant\n")
+    torch.manual_seed(3)
+    ids, attention, response_mask = E.rollout(model, tokenizer, [prompt, "Hi"], num_samples=16, temperature=1.0,
+                                              max_new_tokens=60)
+    completions = ids[:, -response_mask.shape[1]:]
+    ended_by = set()
+    for row, mask in zip(completions.tolist(), response_mask.tolist()):
+        stops = [t for t, token in enumerate(row) if token in (0, 2)]
+        length = stops[0] + 1 if stops else len(row)
+        assert mask == [1] * length + [0] * (len(row) - length)
+        assert all(token == 0 for token in row[length:])  # generate stopped there: only padding follows
+        ended_by |= {row[stops[0]]} if stops else set()
+    assert ended_by == {0, 2}  # both EOS ids really ended responses
+
+
+def test_local_gsm8k_shaped_files_train_and_evaluate(tmp_path, capsys):
+    """The gsm8k code path on local files: a model folder with a chat template and two EOS ids, a GSM8K-shaped
+    train file (question; rationale then '#### 72') and a held-out --eval-dataset file."""
+    tokenizer, model = chat_tokenizer_and_model()
+    model.save_pretrained(tmp_path / "model")
+    tokenizer.save_pretrained(tmp_path / "model")
+    rows = [{"question": f"Tom has {a} apples and buys {b} more. How many apples does he have?",
+             "answer": f"He has {a} + {b} = <<{a}+{b}={a + b}>>{a + b} apples.\n#### {a + b}"}
+            for a in range(3, 9) for b in range(2, 5)]
+    for name, part in (("train.jsonl", rows[:12]), ("test.jsonl", rows[12:])):
+        (tmp_path / name).write_text("".join(E.json.dumps(r) + "\n" for r in part))
+    argv = ["--model", str(tmp_path / "model"), "--dataset", str(tmp_path / "train.jsonl"), "--eval-dataset",
+            str(tmp_path / "test.jsonl"), "--steps", "2", "--prompts-per-step", "4", "--group-size", "2",
+            "--num-minibatches", "2", "--max-new-tokens", "8", "--lr", "1e-4", "--eval-every", "2",
+            "--eval-prompts", "4", "--eval-samples", "2", "--eval-temperature", "0.6", "--eval-top-p", "0.95",
+            "--threads", "1", "--out", str(tmp_path / "run")]
+    history = E.main(argv)
+    assert len(history) == 2 and "eval_greedy" in history[-1] and "eval_avg@2" in history[-1]
+    assert "eval_greedy 0." in capsys.readouterr().out  # the console line names the evaluation
+    cfg = E.Config(**E.parse_args(argv))
+    test_data = E.load_data(cfg, E.AutoTokenizer.from_pretrained(tmp_path / "model"), split="test")
+    assert test_data["answer"][:2] == ["9", "10"]  # rows 12 and 13: 7 + 2 and 7 + 3, after their '####'
+    assert test_data["prompt"][0].startswith("<|im_start|>system\n") and len(test_data) == 4
+
+
+def test_report_to_tensorboard_writes_every_record(tmp_path):
+    pytest.importorskip("tensorboard", reason="--report-to tensorboard needs the tensorboard package")
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    rows = E.main(tiny_argv(tmp_path, "--steps", "3", "--report-to", "tensorboard"))
+    events = EventAccumulator(str(tmp_path / "tensorboard"))
+    events.Reload()
+    assert [(e.step, round(e.value, 6)) for e in events.Scalars("reward")] == [(r["step"], round(r["reward"], 6))
+                                                                               for r in rows]
+    assert len(events.Scalars("erc_clip_frac")) == 3
+
+
+def test_optional_package_missing_is_one_line(tmp_path, capsys):
+    if importlib.util.find_spec("trackio") is not None:
+        pytest.skip("trackio is installed here")
+    with pytest.raises(SystemExit) as exit_info:
+        E.main(tiny_argv(tmp_path, "--report-to", "trackio"))
+    assert exit_info.value.code == 2 and "pip install trackio" in capsys.readouterr().err

@@ -88,7 +88,7 @@ MUTATIONS = [
     ("old policy scored at T = 1 whatever the sampling temperature",
      'batch["response_mask"][micro],\n                cfg.temperature', 'batch["response_mask"][micro],\n                1.0'),
     ("rollout: top_k not overridden",
-     "top_p=1.0, top_k=0)", "top_p=1.0)"),
+     "top_p=top_p, top_k=0)", "top_p=top_p)"),
     ("rollout: repetition penalty not overridden",
      "repetition_penalty=1.0, max_new_tokens", "max_new_tokens"),
     ("static cache: its padding reaches the scoring forwards",
