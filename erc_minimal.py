@@ -315,8 +315,7 @@ def reward_fn(completion, answer):
 def math_verify_reward(completion, answer):
     """--reward math-verify: HF's math-verify compares expressions symbolically (MATH, AIME answers)."""
     from math_verify import parse, verify
-    gold = parse(f"${answer}$")
-    return float(bool(gold) and verify(gold, parse(completion)))
+    return float(verify(parse(f"${answer}$"), parse(completion)))  # an empty (unparsable) gold never verifies
 
 
 REWARDS = {"numeric": reward_fn, "math-verify": math_verify_reward}

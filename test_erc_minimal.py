@@ -639,17 +639,22 @@ def test_chunk_logits_and_gradients_are_fp32_under_bf16_autocast():
     torch.testing.assert_close(hidden.grad.double(), h64.grad.bfloat16().double(), rtol=1e-2, atol=1e-2)  # bf16 out
 
 
-def test_scoring_and_update_forwards_build_no_kv_cache():
-    """use_cache=False outside generate: the old-policy and training forwards return no past_key_values."""
-    cfg = E.Config(preset="tiny", group_size=4, max_new_tokens=4)
+def rolled_out_batch(cfg):
+    """A tiny model, its optimizer, a rollout batch of 4 prompts x 4 responses and its mini-batch plan."""
     model, tok, optimizer, _, rows = step_parts(cfg)
     ids, attention, response_mask = E.rollout(model, tok, rows["prompt"], 4, 1.0, 4)
     rewards = torch.tensor([1.0, 0.0] * 8)
     batch = dict(input_ids=ids, attention_mask=attention, response_mask=response_mask, rewards=rewards,
                  advantages=E.group_advantages(rewards, 4))
+    return model, optimizer, batch, E.plan_minibatches(len(rewards), cfg)
+
+
+def test_scoring_and_update_forwards_build_no_kv_cache():
+    """use_cache=False outside generate: the old-policy and training forwards return no past_key_values."""
+    cfg = E.Config(preset="tiny", group_size=4, max_new_tokens=4)
+    model, optimizer, batch, minibatches = rolled_out_batch(cfg)
     caches = []
     model.base_model.register_forward_hook(lambda module, args, out: caches.append(out.past_key_values))
-    minibatches = E.plan_minibatches(len(rewards), cfg)
     batch["old_logp"], batch["old_entropy"] = E.score_old_policy(model, batch, minibatches, cfg)
     E.train_on_batch(model, optimizer, batch, minibatches, cfg)
     assert len(caches) == 2 * cfg.num_minibatches and all(c is None for c in caches)
@@ -660,14 +665,9 @@ def test_noise_floor_measures_the_first_minibatch():
     the first mini-batch: old log-probs shifted by +0.1 give 1 - exp(-0.1); old entropies x 1.1 put rho = 1/1.1
     < 0.95, outside the band, for every token."""
     cfg = E.Config(preset="tiny", group_size=4, max_new_tokens=4)
-    model, tok, optimizer, _, rows = step_parts(cfg)
-    ids, attention, response_mask = E.rollout(model, tok, rows["prompt"], 4, 1.0, 4)
-    rewards = torch.tensor([1.0, 0.0] * 8)
-    batch = dict(input_ids=ids, attention_mask=attention, response_mask=response_mask, rewards=rewards,
-                 advantages=E.group_advantages(rewards, 4))
-    minibatches = E.plan_minibatches(len(rewards), cfg)
+    model, optimizer, batch, minibatches = rolled_out_batch(cfg)
     old_logp, old_entropy = E.score_old_policy(model, batch, minibatches, cfg)
-    batch["old_logp"], batch["old_entropy"] = old_logp + 0.1 * response_mask, old_entropy * 1.1
+    batch["old_logp"], batch["old_entropy"] = old_logp + 0.1 * batch["response_mask"], old_entropy * 1.1
     stats = E.train_on_batch(model, optimizer, batch, minibatches, cfg)
     assert stats["first_mb_max_ratio_err"] == pytest.approx(1 - math.exp(-0.1), rel=1e-4)
     assert stats["first_mb_erc_clip_frac"] == 1.0
