@@ -1,5 +1,5 @@
 """Tests for erc_minimal.py. Every expected value is computed independently here, from the formula sheet
-docs/equations.md, never from the function under test. Run: python -m pytest -q test_erc_minimal.py"""
+docs/equations.md, never from the function under test. Run: python -m pytest -q -n 2 test_erc_minimal.py"""
 import importlib.util
 import math
 import os
