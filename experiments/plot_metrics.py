@@ -39,5 +39,6 @@ def plot_metrics(out):
 
 if __name__ == "__main__":
     if len(sys.argv) != 2 or not os.path.isfile(os.path.join(sys.argv[1], "metrics.jsonl")):
-        sys.exit("usage: python experiments/plot_metrics.py OUT, where OUT holds a run's metrics.jsonl")
+        print("usage: python experiments/plot_metrics.py OUT, where OUT holds a run's metrics.jsonl", file=sys.stderr)
+        sys.exit(2)
     print(plot_metrics(sys.argv[1]))
