@@ -490,8 +490,10 @@ def policy_loss(logp, old_logp, advantages, response_mask, cfg, entropy=None, ol
 
     # --- ERC (ERC paper, formulas §4): a token whose entropy ratio leaves (erc_low, erc_high) keeps its loss value
     # but loses its gradient, and still counts in the denominator. Any variant, any sign of A.
-    erc_clipped = outside_erc_band(entropy, old_entropy, cfg) if cfg.erc else torch.zeros_like(clipped)
-    loss_tok = torch.where(erc_clipped, loss_tok.detach(), loss_tok)
+    erc_clipped = torch.zeros_like(clipped)
+    if cfg.erc:
+        erc_clipped = outside_erc_band(entropy, old_entropy, cfg)
+        loss_tok = torch.where(erc_clipped, loss_tok.detach(), loss_tok)
     return loss_tok, clipped, erc_clipped
 
 
@@ -650,7 +652,8 @@ def fail(message):
 
 def checkpoints(out):
     """The complete checkpoints in OUT, oldest first."""
-    return sorted((n for n in os.listdir(out) if re.fullmatch(r"checkpoint-\d+", n)), key=lambda n: int(n[11:]))
+    names = [n for n in os.listdir(out) if re.fullmatch(r"checkpoint-\d+", n)]
+    return sorted(names, key=lambda n: int(n.split("-")[1]))
 
 
 def latest_checkpoint(out):
@@ -831,7 +834,9 @@ def train(cfg, model, tokenizer, data, eval_data=None, stop=()):
             first, last = ([r[key] for r in rows if key in r] for rows in (history[:10], history[-10:]))
             if first and last:
                 print(f"  {key}: {sum(first) / len(first):.3f} -> {sum(last) / len(last):.3f}")
-        print("".join(f"  {k}: {v:.3f}\n" for k, v in history[-1].items() if k.startswith("eval_")), end="")
+        for key, value in history[-1].items():
+            if key.startswith("eval_"):
+                print(f"  {key}: {value:.3f}")
     return history
 
 
@@ -863,7 +868,7 @@ def evaluate_only(argv):
         raise ValueError("usage: erc_minimal.py eval CHECKPOINT_OR_MODEL [flags]")
     run_config = Path(argv[0]).parent / "config.json"
     given = {**(json.loads(run_config.read_text()) if run_config.exists() else {}), **parse_args(argv[1:])}
-    cfg = Config(**{**given, "model": argv[0], "eval_every": 1, "resume": False, "overwrite": False})
+    cfg = Config(**{**given, "model": argv[0], "resume": False, "overwrite": False})
     model, tokenizer = load_model_and_tokenizer(cfg.model, *prepare(cfg))
     result = evaluate(make_sampler(model, cfg.bf16), tokenizer, load_data(cfg, tokenizer, split="test"), cfg)
     path = Path(cfg.model if os.path.isdir(cfg.model) else cfg.out, "eval.json")
