@@ -11,8 +11,6 @@ In the order a step runs: config, data, reward, rollout, log-probs and entropies
 import argparse
 import copy
 import dataclasses
-import functools
-import importlib
 import importlib.util
 import json
 import os
@@ -23,16 +21,14 @@ import signal
 import socket
 import sys
 import time
-from dataclasses import dataclass, field
 from fractions import Fraction
 from pathlib import Path
 
 import datasets
 import torch
+import transformers
 from tqdm.auto import tqdm
-from datasets import Dataset, disable_progress_bars, load_dataset
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedTokenizerFast, Qwen2Config, Qwen2ForCausalLM
-from transformers.utils import logging as transformers_logging
 
 # ================================================================== config
 ALGOS = ("grpo", "dapo", "gppo", "cegppo", "cispo", "gspo")
@@ -61,56 +57,56 @@ NON_NEGATIVE = ("eps_high", "beta1", "beta2", "sft_coef", "lr", "weight_decay", 
                 "eval_temperature")
 
 
-def arg(default, help, type=None):
-    return field(default=default, metadata=dict(help=help, type=type))
+def arg(default, help):
+    return dataclasses.field(default=default, metadata=dict(help=help))
 
 
-@dataclass
+@dataclasses.dataclass
 class Config:
     # --- what to train
     preset: str = arg("gsm8k", "gsm8k: Qwen2.5-0.5B-Instruct on GSM8K (GPU, hub); tiny: a tiny random Qwen2 (CPU)")
-    model: str = arg(None, "hub id or local path (default: the preset's)", type=str)
-    dataset: str = arg(None, "hub id, or a local .json/.jsonl/.parquet/.csv file (default: the preset's)", type=str)
-    prompt_field: str = arg(None, "dataset column holding the question", type=str)
-    answer_field: str = arg(None, "dataset column holding the gold answer (text after '####' if present)", type=str)
+    model: str = arg(None, "hub id or local path (default: the preset's)")
+    dataset: str = arg(None, "hub id, or a local .json/.jsonl/.parquet/.csv file (default: the preset's)")
+    prompt_field: str = arg(None, "dataset column holding the question")
+    answer_field: str = arg(None, "dataset column holding the gold answer (text after '####' if present)")
     reward: str = arg("numeric", "numeric: built-in number check; math-verify: symbolic (pip install math-verify)")
     # --- policy loss (formulas §3-§5); None = the algorithm's default
     algo: str = arg("grpo", "policy loss: " + ", ".join(ALGOS))
-    eps_low: float = arg(None, "ratio clip: lower bound is 1 - eps_low", type=float)
-    eps_high: float = arg(None, "ratio clip: upper bound is 1 + eps_high", type=float)
-    clip_c: float = arg(None, "dual clip for A < 0 (grpo, dapo, gppo, cegppo)", type=float)
-    beta1: float = arg(None, "gppo/cegppo: gradient weight for A < 0, r < 1 - eps_low", type=float)
-    beta2: float = arg(None, "gppo/cegppo: gradient weight for A > 0, r > 1 + eps_high", type=float)
-    dynamic_sampling: bool = arg(None, "drop groups whose rewards are all equal (DAPO)", type=bool)
+    eps_low: float = arg(None, "ratio clip: lower bound is 1 - eps_low")
+    eps_high: float = arg(None, "ratio clip: upper bound is 1 + eps_high")
+    clip_c: float = arg(None, "dual clip for A < 0 (grpo, dapo, gppo, cegppo)")
+    beta1: float = arg(None, "gppo/cegppo: gradient weight for A < 0, r < 1 - eps_low")
+    beta2: float = arg(None, "gppo/cegppo: gradient weight for A > 0, r > 1 + eps_high")
+    dynamic_sampling: bool = arg(None, "drop groups whose rewards are all equal (DAPO)")
     erc: bool = arg(False, "entropy ratio clipping on top of the chosen loss (formulas §4)")
     erc_low: float = arg(0.95, "ERC: keep a token's gradient only if erc_low < H / H_old ...")
     erc_high: float = arg(1.05, "... < erc_high")
     sft_coef: float = arg(0.0, "weight of the NLL of correct responses (the released ERC recipes use 0.1)")
     # --- rollout, batch sizes, precision
-    steps: int = arg(None, "training steps (one rollout batch each)", type=int)
-    prompts_per_step: int = arg(None, "prompts per rollout batch", type=int)
-    group_size: int = arg(None, "responses sampled per prompt (G)", type=int)
-    num_minibatches: int = arg(None, "optimizer steps per rollout batch", type=int)
-    micro_batch_size: int = arg(None, "responses per forward pass (default: a whole mini-batch)", type=int)
-    max_new_tokens: int = arg(None, "max completion length", type=int)
+    steps: int = arg(None, "training steps (one rollout batch each)")
+    prompts_per_step: int = arg(None, "prompts per rollout batch")
+    group_size: int = arg(None, "responses sampled per prompt (G)")
+    num_minibatches: int = arg(None, "optimizer steps per rollout batch")
+    micro_batch_size: int = arg(None, "responses per forward pass (default: a whole mini-batch)")
+    max_new_tokens: int = arg(None, "max completion length")
     temperature: float = arg(1.0, "sampling temperature; log-probs and entropies use the same T")
-    bf16: bool = arg(None, "bf16 autocast in the forwards and a bf16 sampler (default: on with CUDA)", type=bool)
+    bf16: bool = arg(None, "bf16 autocast in the forwards and a bf16 sampler (default: on with CUDA)")
     logprob_chunk: int = arg(512, "response tokens per chunk of the output layer (bounds logits memory)")
     gradient_checkpointing: bool = arg(False, "recompute activations in backward (less memory, slower)")
     static_cache: bool = arg(False, "static KV cache in generate, compiled by transformers on GPU")
-    threads: int = arg(None, "CPU threads for torch (default: 1 for --preset tiny, else torch's own)", type=int)
+    threads: int = arg(None, "CPU threads for torch (default: 1 for --preset tiny, else torch's own)")
     # --- optimiser (released recipes: AdamW, lr 1e-6, 10 warm-up steps, wd 0.1, grad clip 1.0)
-    lr: float = arg(None, "learning rate", type=float)
-    warmup_steps: int = arg(None, "linear learning-rate warm-up, in training steps with an update", type=int)
+    lr: float = arg(None, "learning rate")
+    warmup_steps: int = arg(None, "linear learning-rate warm-up, in training steps with an update")
     weight_decay: float = arg(0.1, "AdamW weight decay")
     max_grad_norm: float = arg(1.0, "gradient-norm clip")
     # --- evaluation, checkpoints, output
     eval_every: int = arg(0, "evaluate on held-out prompts every N steps and at the end (0: never)")
-    eval_prompts: int = arg(None, "held-out prompts per evaluation", type=int)
+    eval_prompts: int = arg(None, "held-out prompts per evaluation")
     eval_samples: int = arg(4, "samples per prompt for avg@k accuracy at --eval-temperature")
     eval_temperature: float = arg(1.0, "sampling temperature of the avg@k evaluation")
     eval_top_p: float = arg(1.0, "top-p of the avg@k evaluation (the ERC recipes validate at T 0.6, top-p 0.95)")
-    eval_dataset: str = arg(None, "held-out data, hub id or local file (default: --dataset's test split)", type=str)
+    eval_dataset: str = arg(None, "held-out data, hub id or local file (default: --dataset's test split)")
     log_every: int = arg(10, "print one console line every N steps (metrics.jsonl gets every step)")
     report_to: str = arg("none", "also send each step's record to: none, wandb, trackio, tensorboard")
     save_every: int = arg(0, "checkpoint every N steps; always at the end and on Ctrl-C / SIGTERM")
@@ -181,7 +177,7 @@ def make_tiny_dataset(n, seed, max_operand=4):
     """'a+b=' -> str(a + b), a, b in 0..4: a random policy is right about 1 time in 15, so RL can learn it."""
     rng = random.Random(seed)
     pairs = [(rng.randrange(max_operand + 1), rng.randrange(max_operand + 1)) for _ in range(n)]
-    return Dataset.from_dict({"question": [f"{a}+{b}=" for a, b in pairs], "answer": [str(a + b) for a, b in pairs]})
+    return datasets.Dataset.from_dict({"question": [f"{a}+{b}=" for a, b in pairs], "answer": [str(a + b) for a, b in pairs]})
 
 
 def hub_reachable(*names):
@@ -241,10 +237,10 @@ def load_data(cfg, tokenizer, split="train"):
             raise ValueError(f"dataset file {source!r} does not exist")
         if source == cfg.dataset and split != "train":
             raise ValueError("a local --dataset file has no held-out split: evaluate on --eval-dataset FILE_OR_HUB_ID")
-        data = load_dataset(Path(source).suffix[1:].replace("jsonl", "json"), data_files=source)["train"]
+        data = datasets.load_dataset(Path(source).suffix[1:].replace("jsonl", "json"), data_files=source)["train"]
     else:
         try:
-            data = load_dataset(source, "main" if source == "openai/gsm8k" else None, split=split)
+            data = datasets.load_dataset(source, "main" if source == "openai/gsm8k" else None, split=split)
         except Exception as e:  # datasets raises many types offline; all mean "cannot load"
             raise ValueError(f"cannot load dataset {source!r} ({first_line(e)})") from None
     if split != "train":
@@ -289,7 +285,6 @@ def extract_answer(text):
     return numbers[-1].rstrip(".") if numbers else None
 
 
-@functools.lru_cache(maxsize=1 << 16)  # each gold answer is read once per sample of its group
 def to_number(answer):
     """A final answer as a Fraction, or None when it is not a plain number. Handles 1,234 and 1{,}234, $ and %,
     \\text{18} / \\textbf{18}, a unit word after the number (18 \\text{ cm}^2, 90 minutes), 45^\\circ, x = 7,
@@ -651,19 +646,14 @@ def fail(message):
 
 
 def checkpoints(out):
-    """The complete checkpoints in OUT, oldest first."""
-    names = [n for n in os.listdir(out) if re.fullmatch(r"checkpoint-\d+", n)]
-    return sorted(names, key=lambda n: int(n.split("-")[1]))
-
-
-def latest_checkpoint(out):
-    path = Path(out, "latest")
-    return os.path.join(out, path.read_text().strip()) if path.exists() else None
+    """OUT's complete checkpoint folders, oldest first (a checkpoint gets its name only once fully written)."""
+    names = [n for n in os.listdir(out) if re.fullmatch(r"checkpoint-\d+", n)] if os.path.isdir(out) else []
+    return [os.path.join(out, n) for n in sorted(names, key=lambda n: int(n.split("-")[1]))]
 
 
 def save_checkpoint(cfg, step, model, tokenizer, optimizer, scheduler, order):
-    """OUT/checkpoint-STEP (save_pretrained model + tokenizer, trainer_state.pt) is written under a temporary name
-    and renamed, then OUT/latest replaced atomically: a crash or a full disk leaves the previous one intact."""
+    """OUT/checkpoint-STEP (save_pretrained model + tokenizer, trainer_state.pt), written under a temporary name
+    and renamed: a kill or a full disk leaves the previous checkpoints intact. Keeps the newest --save-total-limit."""
     final = os.path.join(cfg.out, f"checkpoint-{step}")
     tmp = final + ".tmp"
     try:
@@ -673,15 +663,12 @@ def save_checkpoint(cfg, step, model, tokenizer, optimizer, scheduler, order):
         torch.save(dict(step=step, optimizer=optimizer.state_dict(), scheduler=scheduler.state_dict(), order=order,
                         rng=torch.get_rng_state(), cuda_rng=torch.cuda.get_rng_state_all()),
                    os.path.join(tmp, "trainer_state.pt"))
-        shutil.rmtree(final, ignore_errors=True)
-        os.replace(tmp, final)
-        Path(cfg.out, "latest.tmp").write_text(os.path.basename(final))
-        os.replace(os.path.join(cfg.out, "latest.tmp"), os.path.join(cfg.out, "latest"))
+        os.replace(tmp, final)  # atomic: from here on checkpoints() lists it
     except OSError as e:
         shutil.rmtree(tmp, ignore_errors=True)
-        fail(f"cannot write checkpoint {tmp} ({first_line(e)}); {latest_checkpoint(cfg.out)} is intact")
+        fail(f"cannot write checkpoint {tmp} ({first_line(e)}); the earlier checkpoints are intact")
     for old in checkpoints(cfg.out)[:-cfg.save_total_limit]:
-        shutil.rmtree(os.path.join(cfg.out, old))
+        shutil.rmtree(old)
     return final
 
 
@@ -701,12 +688,12 @@ def read_jsonl(path):
 
 def start_or_resume(cfg, optimizer, scheduler):
     """(first step, data order, metrics so far). --resume restores optimizer, scheduler, data order and RNG from
-    the latest checkpoint, so the run continues bit for bit; a fresh run removes OUT's old checkpoints."""
+    the newest checkpoint, so the run continues bit for bit; a fresh run removes OUT's old checkpoints."""
     os.makedirs(cfg.out, exist_ok=True)
     metrics = os.path.join(cfg.out, "metrics.jsonl")
     start, order, history = 0, [], []
     if cfg.resume:
-        path = os.path.join(latest_checkpoint(cfg.out), "trainer_state.pt")
+        path = os.path.join(checkpoints(cfg.out)[-1], "trainer_state.pt")
         try:
             state = torch.load(path, weights_only=False)
         except Exception as e:  # missing or truncated: name the file
@@ -718,9 +705,8 @@ def start_or_resume(cfg, optimizer, scheduler):
         start, order = state["step"], state["order"]
         history = [r for r in read_jsonl(metrics) if r["step"] < start]  # later steps will be redone
     else:
-        for name in checkpoints(cfg.out):
-            shutil.rmtree(os.path.join(cfg.out, name))
-        Path(cfg.out, "latest").unlink(missing_ok=True)
+        for path in checkpoints(cfg.out):
+            shutil.rmtree(path)
     Path(cfg.out, "config.json").write_text(json.dumps(dataclasses.asdict(cfg), indent=1))
     Path(metrics + ".tmp").write_text("".join(json.dumps(r) + "\n" for r in history))
     os.replace(metrics + ".tmp", metrics)  # atomic: a crash here loses no saved line
@@ -781,15 +767,14 @@ def prepare(cfg):
 
 def setup(cfg):
     """Model, tokenizer, train and eval data; every user-input problem surfaces here as a ValueError."""
-    if cfg.resume and not latest_checkpoint(cfg.out):
+    if cfg.resume and not checkpoints(cfg.out):
         raise ValueError(f"--resume: {cfg.out!r} has no checkpoint to resume from")
     if os.path.exists(os.path.join(cfg.out, "metrics.jsonl")) and not (cfg.resume or cfg.overwrite):
         raise ValueError(f"--out {cfg.out!r} holds another run's metrics; add --resume to continue it or "
                          "--overwrite to start over")
     device, online = prepare(cfg)
     # on --resume, weights and tokenizer come from the checkpoint (the config from OUT/config.json, see main)
-    model, tokenizer = load_model_and_tokenizer(latest_checkpoint(cfg.out) if cfg.resume else cfg.model, device,
-                                                online)
+    model, tokenizer = load_model_and_tokenizer(checkpoints(cfg.out)[-1] if cfg.resume else cfg.model, device, online)
     if cfg.gradient_checkpointing:  # transformers 5 renamed gradient_checkpointing_enable
         getattr(model, "activation_checkpointing_enable", model.gradient_checkpointing_enable)()
     eval_data = load_data(cfg, tokenizer, split="test") if cfg.eval_every else None
@@ -852,7 +837,7 @@ def parse_args(argv):
             parser.add_argument(flag, action=action, help=help)
         else:
             default = f" (default: {f.default})" if f.default is not None else ""
-            parser.add_argument(flag, type=f.metadata["type"] or type(f.default), help=help + default)
+            parser.add_argument(flag, type=f.type, help=help + default)
 
     def one_line_error(message):  # argparse's own errors too: main prints them as one line, exit 2
         raise ValueError(f"{message} (see --help)")
@@ -880,8 +865,8 @@ def evaluate_only(argv):
 
 def main(argv=None):
     argv = sys.argv[1:] if argv is None else argv
-    disable_progress_bars()  # datasets' per-map bars; the training bar is ours
-    transformers_logging.disable_progress_bar()  # no "Writing model shards" bar at every checkpoint
+    datasets.disable_progress_bars()  # datasets' per-map bars; the training bar is ours
+    transformers.logging.disable_progress_bar()  # no "Writing model shards" bar at every checkpoint
     try:
         if argv[:1] == ["eval"]:  # python erc_minimal.py eval CHECKPOINT_OR_MODEL [flags]: accuracy, no training
             return evaluate_only(argv[1:])

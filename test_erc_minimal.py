@@ -282,7 +282,7 @@ def test_step_with_every_group_dropped_skips_the_update(tmp_path):
     every group, the update is skipped and logged, the weights stay."""
     cfg = E.Config(preset="tiny", algo="dapo", steps=2, prompts_per_step=4, out=str(tmp_path))
     model, tokenizer, _, _ = E.setup(cfg)
-    data = E.Dataset.from_dict({"prompt": ["1+2=", "3+4=", "2+2=", "0+1="], "answer": ["x"] * 4})
+    data = E.datasets.Dataset.from_dict({"prompt": ["1+2=", "3+4=", "2+2=", "0+1="], "answer": ["x"] * 4})
     before = [p.detach().clone() for p in model.parameters()]
     E.train(cfg, model, tokenizer, data)
     rows = E.read_jsonl(tmp_path / "metrics.jsonl")
@@ -807,9 +807,8 @@ def test_killed_and_interrupted_runs_resume_to_the_uninterrupted_run(tmp_path, c
     """Faults at varied moments, each followed by --resume; at the end metrics.jsonl holds every step exactly once
     and equals (all but timings) an uninterrupted run of the same seed, and the final weights are bit for bit the
     same: (1) a real SIGINT (Ctrl-C) to this process mid-run: the step finishes, a checkpoint is saved, main
-    returns; (2) SIGKILL to a resumed run while it writes a checkpoint (its .tmp folder exists); then the damage
-    kills leave elsewhere: (3) a torn last metrics line, as a kill inside a write leaves it, and (4) `latest`
-    one checkpoint behind, as a kill between a checkpoint's rename and the `latest` update leaves it."""
+    returns; (2) SIGKILL to a resumed run while it writes a checkpoint (its .tmp folder exists); (3) then the
+    damage a kill inside a metrics write leaves: a torn last line."""
     argv = ["--steps", "30", "--save-every", "2", "--eval-every", "10", "--eval-prompts", "8"]
     whole = E.main(tiny_argv(tmp_path / "whole", *argv))
     out = tmp_path / "cut"
@@ -833,7 +832,6 @@ def test_killed_and_interrupted_runs_resume_to_the_uninterrupted_run(tmp_path, c
     assert process.wait() == -signal.SIGKILL
     with open(metrics, "a") as f:
         f.write('{"step": 99, "rew')
-    (out / "latest").write_text(E.checkpoints(str(out))[-2])
     resumed = E.main(resume)
     assert "dropped a torn last line" in capsys.readouterr().out
     assert comparable(resumed) == comparable(whole)
@@ -846,7 +844,7 @@ def test_killed_and_interrupted_runs_resume_to_the_uninterrupted_run(tmp_path, c
 
 def test_full_disk_while_checkpointing_is_one_line_and_keeps_the_last_checkpoint(tmp_path, capsys, monkeypatch):
     """An OSError (here ENOSPC from torch.save on the second checkpoint): one line naming the folder and the
-    error, exit 2; checkpoint-1 and `latest` intact; no .tmp folder left behind."""
+    error, exit 2; checkpoint-1 intact and still the newest; no .tmp folder left behind."""
     save, calls = torch.save, []
 
     def save_then_disk_full(*args, **kwargs):
@@ -861,7 +859,7 @@ def test_full_disk_while_checkpointing_is_one_line_and_keeps_the_last_checkpoint
     errors = [line for line in capsys.readouterr().err.splitlines() if "erc_minimal: error" in line]
     assert exit_info.value.code == 2 and len(errors) == 1  # beside the progress bar
     assert "checkpoint-2.tmp" in errors[0] and "No space left on device" in errors[0]
-    assert (tmp_path / "latest").read_text() == "checkpoint-1" and (tmp_path / "checkpoint-1").is_dir()
+    assert E.checkpoints(str(tmp_path)) == [str(tmp_path / "checkpoint-1")]
     assert not list(tmp_path.glob("*.tmp"))
 
 
@@ -926,12 +924,11 @@ def test_nonfinite_updates_are_skipped_then_the_run_stops(tmp_path, capsys):
 
 
 def test_checkpoint_loads_with_from_pretrained_and_keeps_the_newest(tmp_path, capsys):
-    """Checkpoints are plain save_pretrained folders; --save-total-limit keeps the newest N, `latest` names the
-    last; nothing from checkpoint saving reaches the console."""
+    """Checkpoints are plain save_pretrained folders; --save-total-limit keeps the newest N; nothing from
+    checkpoint saving reaches the console."""
     E.main(tiny_argv(tmp_path, "--steps", "5", "--save-every", "1", "--save-total-limit", "2"))
     assert "shards" not in capsys.readouterr().err
     assert sorted(p.name for p in tmp_path.glob("checkpoint-*")) == ["checkpoint-4", "checkpoint-5"]
-    assert (tmp_path / "latest").read_text() == "checkpoint-5"
     model = E.AutoModelForCausalLM.from_pretrained(tmp_path / "checkpoint-5")
     tokenizer = E.AutoTokenizer.from_pretrained(tmp_path / "checkpoint-5")
     assert tokenizer.decode(tokenizer("12+3=").input_ids) == "12+3=" and model.config.vocab_size == len(tokenizer)
