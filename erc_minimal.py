@@ -177,7 +177,8 @@ def make_tiny_dataset(n, seed, max_operand=4):
     """'a+b=' -> str(a + b), a, b in 0..4: a random policy is right about 1 time in 15, so RL can learn it."""
     rng = random.Random(seed)
     pairs = [(rng.randrange(max_operand + 1), rng.randrange(max_operand + 1)) for _ in range(n)]
-    return datasets.Dataset.from_dict({"question": [f"{a}+{b}=" for a, b in pairs], "answer": [str(a + b) for a, b in pairs]})
+    questions, answers = [f"{a}+{b}=" for a, b in pairs], [str(a + b) for a, b in pairs]
+    return datasets.Dataset.from_dict({"question": questions, "answer": answers})
 
 
 def hub_reachable(*names):
@@ -364,10 +365,9 @@ def make_sampler(model, bf16):
     token). Buffers keep the policy's dtype (formulas §6): RoPE's inv_freq in bf16 would be another policy."""
     if not bf16:
         return model
-    sampler = copy.deepcopy(model).eval()
-    for p in sampler.parameters():
-        p.data = p.data.to(torch.bfloat16)
-    return sampler
+    # deepcopy takes each parameter from the memo (a bf16 copy) and copies the rest: no transient fp32 copy
+    bf16_params = {id(p): torch.nn.Parameter(p.detach().bfloat16(), requires_grad=False) for p in model.parameters()}
+    return copy.deepcopy(model, memo=bf16_params).eval()
 
 
 # ================================================================== log-probs and entropies
