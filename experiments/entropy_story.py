@@ -32,15 +32,16 @@ def run_one(args, algo, erc, seed):
 
 
 def summarize(rows):
-    """One run -> the table's numbers."""
+    """One run -> the table's numbers. A step skipped by dynamic sampling (every group's rewards equal) has a
+    reward but no entropy or clip statistics."""
     reward = [r["reward"] for r in rows]
-    entropy = [r["entropy"] for r in rows]
+    entropy = [r["entropy"] for r in rows if "entropy" in r]
     moving = [statistics.mean(reward[max(0, i - 9):i + 1]) for i in range(len(reward))]
     return dict(final_reward=statistics.mean(reward[-20:]),
                 steps_to_08=next((i for i, m in enumerate(moving) if m >= 0.8), None),
                 final_entropy=statistics.mean(entropy[-20:]),
                 max_entropy_jump=max(abs(a - b) for a, b in zip(entropy[1:], entropy)),
-                erc_clip_frac=statistics.mean(r["erc_clip_frac"] for r in rows))
+                erc_clip_frac=statistics.mean(r["erc_clip_frac"] for r in rows if "erc_clip_frac" in r))
 
 
 def fmt(values, digits=2):
@@ -92,7 +93,9 @@ def main():
             for seed in range(args.seeds):
                 rows = runs[algo, erc, seed]
                 label = ("ERC" if erc else "no ERC") if seed == 0 else None
-                axes[0, col].plot([r["entropy"] for r in rows], color=color, alpha=0.6, lw=1, label=label)
+                trained = [r for r in rows if "entropy" in r]
+                axes[0, col].plot([r["step"] for r in trained], [r["entropy"] for r in trained], color=color,
+                                  alpha=0.6, lw=1, label=label)
                 axes[1, col].plot([r["reward"] for r in rows], color=color, alpha=0.6, lw=1)
         axes[0, col].set_title(algo)
         axes[1, col].set_xlabel("step")
