@@ -11,6 +11,7 @@ In the order a step runs: config, data, reward, rollout, log-probs and entropies
 import argparse
 import copy
 import dataclasses
+import functools
 import importlib.util
 import json
 import os
@@ -286,6 +287,7 @@ def extract_answer(text):
     return numbers[-1].rstrip(".") if numbers else None
 
 
+@functools.lru_cache(maxsize=1 << 16)  # a group's gold answer and most short answers repeat
 def to_number(answer):
     """A final answer as a Fraction, or None when it is not a plain number. Handles 1,234 and 1{,}234, $ and %,
     \\text{18} / \\textbf{18}, a unit word after the number (18 \\text{ cm}^2, 90 minutes), 45^\\circ, x = 7,
