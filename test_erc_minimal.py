@@ -924,13 +924,15 @@ def test_nonfinite_updates_are_skipped_then_the_run_stops(tmp_path, capsys):
 
 
 def test_checkpoint_loads_with_from_pretrained_and_keeps_the_newest(tmp_path, capsys):
-    """Checkpoints are plain save_pretrained folders; --save-total-limit keeps the newest N; nothing from
-    checkpoint saving reaches the console."""
-    E.main(tiny_argv(tmp_path, "--steps", "5", "--save-every", "1", "--save-total-limit", "2"))
+    """Checkpoints are plain save_pretrained folders; --save-total-limit keeps the newest N by step, not by name
+    (checkpoint-10 is newer than checkpoint-9), and --resume takes the newest; nothing from checkpoint saving
+    reaches the console."""
+    E.main(tiny_argv(tmp_path, "--steps", "10", "--save-every", "1", "--save-total-limit", "2"))
     assert "shards" not in capsys.readouterr().err
-    assert sorted(p.name for p in tmp_path.glob("checkpoint-*")) == ["checkpoint-4", "checkpoint-5"]
-    model = E.AutoModelForCausalLM.from_pretrained(tmp_path / "checkpoint-5")
-    tokenizer = E.AutoTokenizer.from_pretrained(tmp_path / "checkpoint-5")
+    assert sorted(p.name for p in tmp_path.glob("checkpoint-*")) == ["checkpoint-10", "checkpoint-9"]
+    assert E.checkpoints(str(tmp_path))[-1] == str(tmp_path / "checkpoint-10")
+    model = E.AutoModelForCausalLM.from_pretrained(tmp_path / "checkpoint-10")
+    tokenizer = E.AutoTokenizer.from_pretrained(tmp_path / "checkpoint-10")
     assert tokenizer.decode(tokenizer("12+3=").input_ids) == "12+3=" and model.config.vocab_size == len(tokenizer)
 
 

@@ -95,6 +95,8 @@ MUTATIONS = [
      "repetition_penalty=1.0, max_new_tokens", "max_new_tokens"),
     ("static cache: its padding reaches the scoring forwards",
      "first = int(prompt_mask.any(0).int().argmax())", "first = 0"),
+    ("checkpoints: sorted by name, not by step (checkpoint-10 before checkpoint-9)",
+     "sorted(names, key=lambda n: int(n.split(\"-\")[1]))", "sorted(names)"),
     ("bf16 sampler: buffers cast too (RoPE inv_freq in bf16)",
      "return copy.deepcopy(model, memo=bf16_params).eval()",
      "return copy.deepcopy(model, memo=bf16_params).to(torch.bfloat16).eval()"),
