@@ -7,12 +7,14 @@ In the order a step runs: config, data, reward, rollout, log-probs and entropies
 
     python erc_minimal.py --preset tiny --algo gppo --erc     # CPU, offline, under a minute
     python erc_minimal.py --algo gppo --erc                   # Qwen2.5-0.5B-Instruct on GSM8K, one GPU
+    python erc_minimal.py eval RUN_OR_CHECKPOINT_OR_MODEL     # held-out accuracy only (eval --help)
 """
 import argparse
 import copy
 import dataclasses
 import functools
 import importlib.util
+import itertools
 import json
 import os
 import random
@@ -42,6 +44,8 @@ ALGO_DEFAULTS = {
     "cispo":  dict(eps_low=1.0,  eps_high=4.0,  clip_c=None, beta1=1.0, beta2=1.0, dynamic_sampling=False),
     "gspo":   dict(eps_low=3e-4, eps_high=4e-4, clip_c=None, beta1=1.0, beta2=1.0, dynamic_sampling=False),
 }
+REPORTERS = ("wandb", "trackio", "tensorboard")
+DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
 # A preset picks model, data and sizes; the algorithm code is the same for both.
 PRESETS = {
     "gsm8k": dict(model="Qwen/Qwen2.5-0.5B-Instruct", dataset="openai/gsm8k", prompt_field="question",
@@ -53,9 +57,9 @@ PRESETS = {
 }
 POSITIVE = ("steps", "prompts_per_step", "num_minibatches", "micro_batch_size", "max_new_tokens", "temperature",
             "logprob_chunk", "threads", "max_grad_norm", "eval_prompts", "eval_samples", "log_every",
-            "save_total_limit", "max_bad_steps", "eps_low")
+            "save_total_limit", "max_bad_steps", "eps_low", "oversample")
 NON_NEGATIVE = ("eps_high", "beta1", "beta2", "sft_coef", "lr", "weight_decay", "eval_every", "save_every",
-                "eval_temperature")
+                "eval_temperature", "entropy_coef")
 
 
 def arg(default, help):
@@ -66,8 +70,8 @@ def arg(default, help):
 class Config:
     # --- what to train
     preset: str = arg("gsm8k", "gsm8k: Qwen2.5-0.5B-Instruct on GSM8K (GPU, hub); tiny: a tiny random Qwen2 (CPU)")
-    model: str = arg(None, "hub id or local path (default: the preset's)")
-    dataset: str = arg(None, "hub id, or a local .json/.jsonl/.parquet/.csv file (default: the preset's)")
+    model: str = arg(None, "hub id or local path")
+    dataset: str = arg(None, "hub id, or a local .json/.jsonl/.parquet/.csv file")
     prompt_field: str = arg(None, "dataset column holding the question")
     answer_field: str = arg(None, "dataset column holding the gold answer (text after '####' if present)")
     reward: str = arg("numeric", "numeric: built-in number check; math-verify: symbolic (pip install math-verify)")
@@ -79,10 +83,15 @@ class Config:
     beta1: float = arg(None, "gppo/cegppo: gradient weight for A < 0, r < 1 - eps_low")
     beta2: float = arg(None, "gppo/cegppo: gradient weight for A > 0, r > 1 + eps_high")
     dynamic_sampling: bool = arg(None, "drop groups whose rewards are all equal (DAPO)")
+    oversample: int = arg(1, "dynamic sampling: sample N x --prompts-per-step prompts, train on at most "
+                             "--prompts-per-step of the groups that vary (the released recipes: 2)")
     erc: bool = arg(False, "entropy ratio clipping on top of the chosen loss (formulas §4)")
     erc_low: float = arg(0.95, "ERC: keep a token's gradient only if erc_low < H / H_old ...")
     erc_high: float = arg(1.05, "... < erc_high")
     sft_coef: float = arg(0.0, "weight of the NLL of correct responses (the released ERC recipes use 0.1)")
+    entropy_coef: float = arg(0.0, "weight of an entropy bonus: loss -= coef x token-mean entropy (recipes: 0)")
+    diagnostics: bool = arg(False, "after each step's updates: KL and probability moved on sampled and un-sampled "
+                                   "tokens, split by the ERC and ratio bands (costs two forwards)")
     # --- rollout, batch sizes, precision
     steps: int = arg(None, "training steps (one rollout batch each)")
     prompts_per_step: int = arg(None, "prompts per rollout batch")
@@ -91,7 +100,8 @@ class Config:
     micro_batch_size: int = arg(None, "responses per forward pass (default: a whole mini-batch)")
     max_new_tokens: int = arg(None, "max completion length")
     temperature: float = arg(1.0, "sampling temperature; log-probs and entropies use the same T")
-    bf16: bool = arg(None, "bf16 autocast in the forwards and a bf16 sampler (default: on with CUDA)")
+    bf16: bool = arg(None, "bf16 autocast in the forwards and a bf16 sampler (default: on with native CUDA bf16)")
+    logits_dtype: str = arg("fp32", "logits behind log-probs and entropies: fp32, or bf16 as in the authors' runs")
     logprob_chunk: int = arg(512, "response tokens per chunk of the output layer (bounds logits memory)")
     gradient_checkpointing: bool = arg(False, "recompute activations in backward (less memory, slower)")
     static_cache: bool = arg(False, "static KV cache in generate, compiled by transformers on GPU")
@@ -103,8 +113,8 @@ class Config:
     max_grad_norm: float = arg(1.0, "gradient-norm clip")
     # --- evaluation, checkpoints, output
     eval_every: int = arg(0, "evaluate on held-out prompts every N steps and at the end (0: never)")
-    eval_prompts: int = arg(None, "held-out prompts per evaluation")
-    eval_samples: int = arg(4, "samples per prompt for avg@k accuracy at --eval-temperature")
+    eval_prompts: int = arg(None, "held-out prompts per evaluation, the first N (GSM8K's test split has 1,319)")
+    eval_samples: int = arg(4, "samples per prompt for avg@k and pass@k accuracy at --eval-temperature")
     eval_temperature: float = arg(1.0, "sampling temperature of the avg@k evaluation")
     eval_top_p: float = arg(1.0, "top-p of the avg@k evaluation (the ERC recipes validate at T 0.6, top-p 0.95)")
     eval_dataset: str = arg(None, "held-out data, hub id or local file (default: --dataset's test split)")
@@ -120,14 +130,15 @@ class Config:
 
     def __post_init__(self):
         for name, choices in (("algo", ALGO_DEFAULTS), ("preset", PRESETS), ("reward", REWARDS),
-                              ("report_to", ("none", "wandb", "trackio", "tensorboard"))):
+                              ("report_to", ("none", *REPORTERS)), ("logits_dtype", DTYPES)):
             if getattr(self, name) not in choices:
                 raise ValueError(f"unknown --{name.replace('_', '-')} {getattr(self, name)!r}; choose one of "
                                  f"{', '.join(choices)}")
         for name, value in {**ALGO_DEFAULTS[self.algo], **PRESETS[self.preset]}.items():
             if getattr(self, name) is None:
                 setattr(self, name, value)
-        self.bf16 = torch.cuda.is_available() if self.bf16 is None else self.bf16
+        if self.bf16 is None:  # not on cards that only emulate bf16 (T4, V100)
+            self.bf16 = torch.cuda.is_available() and torch.cuda.is_bf16_supported(including_emulation=False)
         for sign, names in ((">", POSITIVE), (">=", NON_NEGATIVE)):
             for name in names:
                 value = getattr(self, name)
@@ -146,6 +157,9 @@ class Config:
             (self.prompts_per_step * self.group_size % self.num_minibatches == 0,
              f"--num-minibatches {self.num_minibatches} must divide the rollout batch "
              f"{self.prompts_per_step} x {self.group_size}"),
+            (self.dynamic_sampling or self.oversample == 1, "--oversample acts only with --dynamic-sampling"),
+            (self.eval_samples <= self.prompts_per_step * self.group_size, "--eval-samples must be at most "
+             "--prompts-per-step x --group-size (an evaluation never holds more rows than a rollout)"),
             (not (self.resume and self.overwrite), "--resume and --overwrite exclude each other"),
         ]
         for ok, message in checks:
@@ -155,6 +169,7 @@ class Config:
 
 # ================================================================== data
 TINY_CHARS = "0123456789+="
+FILE_TYPES = (".json", ".jsonl", ".parquet", ".csv")  # local --dataset / --eval-dataset files
 
 
 def make_tiny_tokenizer():
@@ -204,8 +219,11 @@ def load_model_and_tokenizer(name, device, online=True):
     elif (os.path.isabs(name) or name.startswith((".", "~"))) and not os.path.isdir(name):
         raise ValueError(f"--model {name!r}: no such directory")
     else:
+        saved = Path(name, "tokenizer_config.json")  # a generic fast tokenizer loads as saved, not as the model type's
+        generic = saved.exists() and json.loads(saved.read_text()).get("tokenizer_class") == "TokenizersBackend"
         try:
-            tokenizer = AutoTokenizer.from_pretrained(name, local_files_only=not online)
+            tokenizer = (PreTrainedTokenizerFast if generic else AutoTokenizer).from_pretrained(
+                name, local_files_only=not online)
             model = AutoModelForCausalLM.from_pretrained(name, dtype=torch.float32, local_files_only=not online)
         except Exception as e:  # offline hub, truncated weights: all mean "cannot load"
             if os.path.isdir(name):
@@ -234,9 +252,9 @@ def load_data(cfg, tokenizer, split="train"):
     source = cfg.eval_dataset if split == "test" and cfg.eval_dataset else cfg.dataset
     if source == "tiny":
         data = make_tiny_dataset(2000 if split == "train" else cfg.eval_prompts, seed=cfg.seed + (split != "train"))
-    elif Path(source).suffix in (".json", ".jsonl", ".parquet", ".csv"):
-        if not os.path.isfile(source):
-            raise ValueError(f"dataset file {source!r} does not exist")
+    elif os.path.isfile(source) or Path(source).suffix in FILE_TYPES:
+        if Path(source).suffix not in FILE_TYPES or not os.path.isfile(source):
+            raise ValueError(f"dataset file {source!r} does not exist or is not one of {', '.join(FILE_TYPES)}")
         if source == cfg.dataset and split != "train":
             raise ValueError("a local --dataset file has no held-out split: evaluate on --eval-dataset FILE_OR_HUB_ID")
         data = datasets.load_dataset(Path(source).suffix[1:].replace("jsonl", "json"), data_files=source)["train"]
@@ -253,9 +271,12 @@ def load_data(cfg, tokenizer, split="train"):
     data = data.map(lambda row: {"prompt": format_prompt(row[cfg.prompt_field], tokenizer),
                                  "answer": str(row[cfg.answer_field]).split("####")[-1].strip()},
                     remove_columns=data.column_names)
-    unknown = sorted({c for p in data["prompt"] for c in p} - set(TINY_CHARS)) if cfg.model == "tiny" else []
-    if unknown:  # the tiny tokenizer would silently turn each of them into EOS
-        raise ValueError(f"the tiny model's tokenizer knows only {TINY_CHARS!r}; the prompts also hold {unknown}")
+    prompts = list(data["prompt"])
+    decoded = tokenizer.batch_decode(tokenizer(prompts, add_special_tokens=False).input_ids)
+    for prompt, text in zip(prompts, decoded):  # a tokenizer that drops characters would train on other text
+        if text != prompt:
+            raise ValueError(f"the tokenizer of {cfg.model} changes the prompt {prompt!r} into {text!r}; use a model "
+                             f"whose tokenizer covers the data (the tiny one knows only {TINY_CHARS!r})")
     return data
 
 
@@ -362,29 +383,34 @@ def response_rewards(tokenizer, input_ids, response_mask, answers, num_samples, 
     return torch.tensor([REWARDS[reward](c, a) for c, a in zip(completions, answers)])
 
 
+def frozen_copy(model, dtype):
+    """A no-gradient copy of the model with its parameters in `dtype`. deepcopy takes each parameter from the memo,
+    so the weights are copied once, in `dtype`. Buffers keep the policy's dtype (formulas §6): RoPE's inv_freq in
+    bf16 would be another policy."""
+    params = {id(p): torch.nn.Parameter(p.detach().to(dtype, copy=True), requires_grad=False)
+              for p in model.parameters()}
+    return copy.deepcopy(model, memo=params).eval()
+
+
 def make_sampler(model, bf16):
-    """The model that generates: the policy, or with --bf16 a copy with bf16 parameters (half the bytes read per
-    token). Buffers keep the policy's dtype (formulas §6): RoPE's inv_freq in bf16 would be another policy."""
-    if not bf16:
-        return model
-    # deepcopy takes each parameter from the memo (a bf16 copy) and copies the rest: no transient fp32 copy
-    bf16_params = {id(p): torch.nn.Parameter(p.detach().bfloat16(), requires_grad=False) for p in model.parameters()}
-    return copy.deepcopy(model, memo=bf16_params).eval()
+    """The model that generates: the policy, or with --bf16 its bf16 copy (half the bytes read per token)."""
+    return frozen_copy(model, torch.bfloat16) if bf16 else model
 
 
 # ================================================================== log-probs and entropies
 class TokenLogpAndEntropy(torch.autograd.Function):
-    """log p(target) (with gradient) and entropy (without) of softmax(hidden @ W.T / T) over the whole vocabulary,
-    `chunk` tokens at a time, from fp32 logits even under bf16 autocast (formulas §6). Backward recomputes each
-    chunk, so memory holds one [chunk, V] float32 block, never [N, V]. Plumbing: no need to touch."""
+    """log p(target) and entropy of softmax(hidden @ W.T / T) over the whole vocabulary, `chunk` tokens at a time,
+    from logits in `dtype` (fp32 unless --logits-dtype bf16) whatever autocast says (formulas §6). Backward recomputes
+    each chunk, so memory holds [chunk, V] float32 blocks, never [N, V]; it adds the entropy's gradient only when a
+    loss term uses the entropy. Plumbing: no need to touch."""
 
     @staticmethod
-    def forward(ctx, hidden, weight, targets, temperature, chunk):  # hidden [N, H], weight [V, H], targets [N]
+    def forward(ctx, hidden, weight, targets, temperature, chunk, dtype):  # hidden [N, H], weight [V, H], targets [N]
         logps, entropies, lses = [], [], []
-        with torch.autocast(hidden.device.type, enabled=False):  # fp32 logits
-            w = weight.float()
+        with torch.autocast(hidden.device.type, enabled=False):  # logits in `dtype`, not in autocast's
+            w = weight.to(dtype)
             for h, y in zip(hidden.split(chunk), targets.split(chunk)):
-                logits = (h.float() @ w.T).div_(temperature)  # [chunk, V]; with `exp` the only [chunk, V] blocks
+                logits = (h.to(dtype) @ w.T).float().div_(temperature)  # [chunk, V]; with `exp` the only such blocks
                 top = logits.amax(-1, keepdim=True)
                 exp = (logits - top).exp_()  # softmax numerator; in-place ops keep CPU allocations (page faults) down
                 total = exp.sum(-1)
@@ -392,41 +418,53 @@ class TokenLogpAndEntropy(torch.autograd.Function):
                 logps.append(logits.gather(-1, y[:, None]).squeeze(-1) - lse)
                 entropies.append(lse - exp.mul_(logits).sum(-1) / total)  # H = lse - sum p * logit
                 lses.append(lse)
-        ctx.save_for_backward(hidden, weight, targets, torch.cat(lses))
-        ctx.temperature, ctx.chunk = temperature, chunk
-        return torch.cat(logps), torch.cat(entropies)
+        entropy = torch.cat(entropies)
+        ctx.save_for_backward(hidden, weight, targets, torch.cat(lses), entropy)
+        ctx.temperature, ctx.chunk, ctx.dtype = temperature, chunk, dtype
+        ctx.set_materialize_grads(False)  # an output that no loss uses gets None: no entropy work in backward
+        return torch.cat(logps), entropy
 
     @staticmethod
     def backward(ctx, grad_logp, grad_entropy):
-        hidden, weight, targets, lse = ctx.saved_tensors
-        c = ctx.chunk
-        with torch.autocast(hidden.device.type, enabled=False):  # fp32 here too
-            w = weight.float()
+        hidden, weight, targets, lse, entropy = ctx.saved_tensors
+        c, T = ctx.chunk, ctx.temperature
+        grad_logp = torch.zeros_like(lse) if grad_logp is None else grad_logp
+        with torch.autocast(hidden.device.type, enabled=False):  # the gradient's matmuls in fp32
+            w, w_logits = weight.float(), weight.to(ctx.dtype)
             grad_hidden, grad_weight = torch.empty_like(hidden), torch.zeros_like(w)
             for i in range(0, len(hidden), c):
-                h, y, scale = hidden[i:i + c].float(), targets[i:i + c], grad_logp[i:i + c, None] / ctx.temperature
-                logits = (h @ w.T).div_(ctx.temperature)
-                grad_logits = logits.sub_(lse[i:i + c, None]).exp_().mul_(-scale)  # d logp(y) / d logits * g
-                grad_logits.scatter_add_(-1, y[:, None], scale)  # = (onehot(y) - p) * g / T
+                h, y, g = hidden[i:i + c], targets[i:i + c], grad_logp[i:i + c, None] / T
+                logp_all = (h.to(ctx.dtype) @ w_logits.T).float().div_(T).sub_(lse[i:i + c, None])  # log p, [c, V]
+                if grad_entropy is None:
+                    grad_logits = logp_all.exp_().mul_(-g)  # -p g / T
+                else:  # dH / dlogits = -p (log p + H) / T, times the entropy's incoming gradient
+                    p = logp_all.exp()
+                    g_entropy = grad_entropy[i:i + c, None] / T
+                    grad_logits = logp_all.add_(entropy[i:i + c, None]).mul_(g_entropy).add_(g).mul_(p).neg_()
+                grad_logits.scatter_add_(-1, y[:, None], g)  # d logp(y) / d logits = (onehot(y) - p) / T, times g
                 grad_hidden[i:i + c] = grad_logits @ w
-                grad_weight.addmm_(grad_logits.T, h)
-        return grad_hidden, grad_weight.to(weight.dtype), None, None, None
+                grad_weight.addmm_(grad_logits.T, h.float())
+        return grad_hidden, grad_weight.to(weight.dtype), None, None, None, None
 
 
-def logp_and_entropy(model, input_ids, attention_mask, response_mask, temperature, chunk):
-    """Log-prob of every response token and the entropy at its position, both [B, T], 0 where response_mask is 0.
-    The output layer runs on response tokens only, `chunk` at a time (memory never grows with B x T x V)."""
+def response_hidden(model, input_ids, attention_mask, response_mask):
+    """Final hidden states at the positions that predict real response tokens [N, H], and those tokens [N]."""
     # formulas §6: with left padding, positions count from each row's first real token.
     position_ids = (attention_mask.cumsum(1) - 1).clamp(min=0)
     hidden = model.base_model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
                               use_cache=False).last_hidden_state  # [B, P+T, H]; no KV cache outside generate
     n_prompt = input_ids.shape[1] - response_mask.shape[1]
     valid = response_mask.bool()
-    hidden = hidden[:, n_prompt - 1:-1][valid]  # [N, H]: the positions that predict real response tokens
-    targets = input_ids[:, n_prompt:][valid]  # [N]
+    return hidden[:, n_prompt - 1:-1][valid], input_ids[:, n_prompt:][valid]
+
+
+def logp_and_entropy(model, input_ids, attention_mask, response_mask, temperature, chunk, dtype=torch.float32):
+    """Log-prob of every response token and the entropy at its position, both [B, T], 0 where response_mask is 0.
+    The output layer runs on response tokens only, `chunk` at a time (memory never grows with B x T x V)."""
+    hidden, targets = response_hidden(model, input_ids, attention_mask, response_mask)
     lm_head = model.get_output_embeddings()  # no bias in Qwen / Llama output layers
-    logp, entropy = TokenLogpAndEntropy.apply(hidden, lm_head.weight, targets, temperature, chunk)
-    zeros = torch.zeros(response_mask.shape, device=input_ids.device)
+    logp, entropy = TokenLogpAndEntropy.apply(hidden, lm_head.weight, targets, temperature, chunk, dtype)
+    zeros, valid = torch.zeros(response_mask.shape, device=input_ids.device), response_mask.bool()
     return zeros.masked_scatter(valid, logp), zeros.masked_scatter(valid, entropy)
 
 
@@ -442,16 +480,17 @@ def group_advantages(rewards, group_size):
 
 
 def group_varies(rewards, group_size):
-    """[B] True where the response's group does not have all-equal rewards. DAPO's dynamic sampling keeps
-    exactly these responses (formulas §3.2; no top-up)."""
+    """[B] True where the response's group does not have all-equal rewards: the groups with a learning signal,
+    which DAPO's dynamic sampling keeps (formulas §3.2)."""
     r = rewards.view(-1, group_size)
     return (r != r[:, :1]).any(1).repeat_interleave(group_size)
 
 
 # ================================================================== policy losses (+ ERC)
 def policy_loss(logp, old_logp, advantages, response_mask, cfg, entropy=None, old_entropy=None):
-    """Per-token loss of the chosen variant with ERC on top (formulas §3-§4), and the masks of the tokens each
-    clipped. logp, old_logp, response_mask, entropy, old_entropy: [B, T]; advantages: [B]."""
+    """Per-token loss of the chosen variant with ERC on top (formulas §3-§4), and masks of the tokens that each clip
+    acted on or that belong to a kind of token (`objective` logs each as a fraction). logp, old_logp, response_mask,
+    entropy, old_entropy: [B, T]; advantages: [B]."""
     if cfg.erc and (entropy is None or old_entropy is None):
         raise ValueError("ERC needs entropy and old_entropy")
     mask = response_mask.float()
@@ -483,21 +522,63 @@ def policy_loss(logp, old_logp, advantages, response_mask, cfg, entropy=None, ol
     if cfg.clip_c is not None:
         # Dual clip (arXiv 1912.09729), part of the authors' released losses: for A < 0 cap the loss at -A c.
         loss_tok = torch.where(A < 0, torch.minimum(loss_tok, -A * cfg.clip_c), loss_tok)
-    clipped = (r < lo) | (r > hi) if cfg.algo == "cispo" else ((A > 0) & (r > hi)) | ((A < 0) & (r < lo))
+    # CE-GPPO §3's four kinds of token: positive / negative advantage (pa / na), ratio above / below the band
+    masks = dict(pa_above=(A > 0) & (r > hi), pa_below=(A > 0) & (r < lo),
+                 na_above=(A < 0) & (r > hi), na_below=(A < 0) & (r < lo))
+    masks["clip"] = (r < lo) | (r > hi) if cfg.algo == "cispo" else masks["pa_above"] | masks["na_below"]
 
     # --- ERC (ERC paper, formulas §4): a token whose entropy ratio leaves (erc_low, erc_high) keeps its loss value
     # but loses its gradient, and still counts in the denominator. Any variant, any sign of A.
-    erc_clipped = torch.zeros_like(clipped)
     if cfg.erc:
-        erc_clipped = outside_erc_band(entropy, old_entropy, cfg)
-        loss_tok = torch.where(erc_clipped, loss_tok.detach(), loss_tok)
-    return loss_tok, clipped, erc_clipped
+        masks["erc_low"], masks["erc_high"] = erc_band_exits(entropy, old_entropy, cfg)
+        masks["erc_clip"] = masks["erc_low"] | masks["erc_high"]
+        loss_tok = torch.where(masks["erc_clip"], loss_tok.detach(), loss_tok)
+    return loss_tok, masks
 
 
-def outside_erc_band(entropy, old_entropy, cfg):
-    """ERC's test (formulas §4): rho = (H + 1e-8) / (H_old + 1e-8) is kept only strictly inside the band."""
+def erc_band_exits(entropy, old_entropy, cfg):
+    """ERC's test (formulas §4): rho = (H + 1e-8) / (H_old + 1e-8) is kept only strictly inside the band. Returns
+    the masks of the tokens at or below erc_low (entropy fell) and at or above erc_high (entropy rose)."""
     entropy_ratio = (entropy + 1e-8) / (old_entropy + 1e-8)
-    return (entropy_ratio <= cfg.erc_low) | (entropy_ratio >= cfg.erc_high)
+    return entropy_ratio <= cfg.erc_low, entropy_ratio >= cfg.erc_high
+
+
+@torch.no_grad()
+def diagnostics(old_model, model, batch, cfg):
+    """--diagnostics (formulas §4.1): what ERC reacts to and the ratio clip does not. For every response token, from
+    the full distributions of pi_old (old_model, which sampled it) and pi (model, after the step's updates):
+    KL(pi_old || pi), the change p - p_old of the sampled token's probability, the mass moved on the un-sampled
+    tokens sum_{v != y} |p_v - p_old,v|, and pi's entropy. Token means over all tokens (diag_Q_all) and over those
+    that ERC's band would clip now (erc_clipped) or keep, whose ratio is outside or inside [lo, hi] (ratio_out,
+    ratio_in), and that only ERC would clip (erc_only: outside ERC's band, inside the ratio's)."""
+    lo, hi = 1 - cfg.eps_low, 1 + cfg.eps_high
+    rows, sums = torch.arange(len(batch["response_mask"])), {}  # sums[quantity, group]: a sum over tokens
+    for idx in rows.split(cfg.micro_batch_size or len(rows)):
+        micro = take(batch, idx)
+        with autocast(cfg, model.device):
+            h_old, y = response_hidden(old_model, micro["input_ids"], micro["attention_mask"], micro["response_mask"])
+            h_new, _ = response_hidden(model, micro["input_ids"], micro["attention_mask"], micro["response_mask"])
+        w_old, w_new = (m.get_output_embeddings().weight.float() for m in (old_model, model))
+        for h0, h1, t in zip(*(x.split(cfg.logprob_chunk) for x in (h_old, h_new, y))):  # [chunk, V] at a time
+            logq0 = torch.log_softmax(h0.float() @ w_old.T / cfg.temperature, -1)  # log pi_old
+            logq1 = torch.log_softmax(h1.float() @ w_new.T / cfg.temperature, -1)  # log pi
+            p0, p1 = logq0.exp(), logq1.exp()
+            moved = p1 - p0
+            dp = moved.gather(-1, t[:, None]).squeeze(-1)
+            entropy, old_entropy = -(p1 * logq1).sum(-1), -(p0 * logq0).sum(-1)
+            ratio = (logq1 - logq0).gather(-1, t[:, None]).squeeze(-1).exp()
+            values = dict(tokens=torch.ones_like(dp), kl=(p0 * (logq0 - logq1)).sum(-1), dp_sampled=dp,
+                          moved_unsampled=moved.abs_().sum(-1) - dp.abs(), entropy=entropy)
+            erc_out = torch.logical_or(*erc_band_exits(entropy, old_entropy, cfg))
+            ratio_out = (ratio < lo) | (ratio > hi)
+            groups = dict(all=torch.ones_like(erc_out), erc_clipped=erc_out, erc_kept=~erc_out, ratio_out=ratio_out,
+                          ratio_in=~ratio_out, erc_only=erc_out & ~ratio_out)
+            for (name, value), (group, member) in itertools.product(values.items(), groups.items()):
+                sums[name, group] = sums.get((name, group), 0.0) + value[member].sum()
+    out = {f"diag_{group}_frac": (sums["tokens", group] / sums["tokens", "all"]).item() for group in groups}
+    out.update({f"diag_{name}_{group}": (total / sums["tokens", group]).item()
+                for (name, group), total in sums.items() if name != "tokens" and sums["tokens", group] > 0})
+    return out
 
 
 # ================================================================== objective: every loss term and its normaliser
@@ -507,19 +588,22 @@ def objective(logp, entropy, micro, minibatch, cfg):
     mini-batch, so the micro-batches' losses and stats add up to the mini-batch's (formulas §3)."""
     mask = micro["response_mask"].float()  # [b, T]
     n_tokens = minibatch["response_mask"].sum()
-    loss_tok, clipped, erc_clipped = policy_loss(logp, micro["old_logp"], micro["advantages"], mask, cfg,
-                                                 entropy, micro["old_entropy"])
+    loss_tok, masks = policy_loss(logp, micro["old_logp"], micro["advantages"], mask, cfg, entropy,
+                                  micro["old_entropy"])
     if cfg.algo == "gspo":  # mean over sequences of each sequence's token mean (formulas §3.6)
         policy = ((loss_tok * mask).sum(1) / mask.sum(1).clamp(min=1)).sum() / len(minibatch["response_mask"])
     else:  # token mean over the mini-batch (formulas §3); ERC-clipped tokens still count
         policy = (loss_tok * mask).sum() / n_tokens
-    # Klear-Reasoner §3.2.3: token-mean NLL of the correct responses, not gated by ERC (--sft-coef; recipes: 0.1)
-    correct = mask * (micro["rewards"] > 0)[:, None]
-    n_correct = (minibatch["response_mask"] * (minibatch["rewards"] > 0)[:, None]).sum().clamp(min=1)
-    sft = -(logp * correct).sum() / n_correct
-    loss = policy + cfg.sft_coef * sft
-    stats = dict(loss=loss, policy_loss=policy, sft_loss=sft, clip_frac=(clipped * mask).sum() / n_tokens,
-                 erc_clip_frac=(erc_clipped * mask).sum() / n_tokens)
+    loss, stats = policy, dict(policy_loss=policy)
+    if cfg.sft_coef:  # Klear-Reasoner §3.2.3: token-mean NLL of the correct responses, not gated by ERC (recipes: 0.1)
+        correct = mask * (micro["rewards"] > 0)[:, None]
+        n_correct = (minibatch["response_mask"] * (minibatch["rewards"] > 0)[:, None]).sum().clamp(min=1)
+        stats["sft_loss"] = -(logp * correct).sum() / n_correct
+        loss = loss + cfg.sft_coef * stats["sft_loss"]
+    if cfg.entropy_coef:  # entropy bonus (CE-GPPO's baseline): token mean of the current policy's entropy
+        stats["entropy_bonus"] = (entropy * mask).sum() / n_tokens
+        loss = loss - cfg.entropy_coef * stats["entropy_bonus"]
+    stats.update(loss=loss, **{f"{name}_frac": (m * mask).sum() / n_tokens for name, m in masks.items()})
     return loss, {k: v.detach().float() for k, v in stats.items()}
 
 
@@ -530,14 +614,23 @@ def autocast(cfg, device):
 
 
 def plan_minibatches(n, cfg):
-    """A shuffled epoch: num_minibatches lists of micro-batch indices. Old-policy scoring and the update use the
-    same plan: equal shapes give equal numbers, so the first mini-batch's ratio is 1 (formulas §6)."""
-    return [mb.split(cfg.micro_batch_size or len(mb)) for mb in torch.randperm(n).tensor_split(cfg.num_minibatches)
-            if len(mb)]
+    """A shuffled epoch in mini-batches of a fixed size, the full rollout batch / --num-minibatches (after dynamic
+    sampling fewer, the last one shorter, as in the authors' fork), each a list of micro-batch indices. Old-policy
+    scoring and the update use the same plan: equal shapes give equal numbers, so the first mini-batch's ratio is 1
+    (formulas §6)."""
+    size = cfg.prompts_per_step * cfg.group_size // cfg.num_minibatches
+    return [mb.split(cfg.micro_batch_size or size) for mb in torch.randperm(n).split(size)]
 
 
 def take(batch, index):
     return {k: v[index] for k, v in batch.items()}
+
+
+def add_stats(record, stats):
+    """record.update(stats), except that a name already in the record is an error, never a silent overwrite."""
+    if record.keys() & stats.keys():
+        raise KeyError(f"stats {sorted(record.keys() & stats.keys())} would overwrite record fields; rename them")
+    record.update(stats)
 
 
 @torch.no_grad()
@@ -550,24 +643,27 @@ def score_old_policy(model, batch, minibatches, cfg):
         with autocast(cfg, model.device):
             old_logp[micro], old_entropy[micro] = logp_and_entropy(
                 model, batch["input_ids"][micro], batch["attention_mask"][micro], batch["response_mask"][micro],
-                cfg.temperature, cfg.logprob_chunk)
+                cfg.temperature, cfg.logprob_chunk, DTYPES[cfg.logits_dtype])
     return old_logp, old_entropy
 
 
 def train_on_batch(model, optimizer, batch, minibatches, cfg):
-    """One optimizer step per mini-batch (gradients accumulated over its micro-batches). Returns the mean stats
-    of `objective` and grad_norm over mini-batches, update counts, and the first mini-batch's noise floor."""
+    """One optimizer step per mini-batch (gradients accumulated over its micro-batches). Returns each `objective`
+    stat and grad_norm as means over mini-batches, the clip fractions also over the mini-batches after the first
+    (before the step's first update r = H / H_old = 1: the first clips nothing), the largest grad norm, update
+    counts, and the first mini-batch's noise floor."""
     model.train()
-    totals, updates, nonfinite = {}, 0, 0
+    per_minibatch, updates, nonfinite = [], 0, 0
     first_err, first_outside, first_tokens = 0.0, 0, 0
     for i, micros in enumerate(minibatches):
-        minibatch = take(batch, torch.cat(micros))
+        minibatch, totals = take(batch, torch.cat(micros)), {}
         optimizer.zero_grad(set_to_none=True)
         for idx in micros:
             micro = take(batch, idx)
             with autocast(cfg, model.device):
                 logp, entropy = logp_and_entropy(model, micro["input_ids"], micro["attention_mask"],
-                                                 micro["response_mask"], cfg.temperature, cfg.logprob_chunk)
+                                                 micro["response_mask"], cfg.temperature, cfg.logprob_chunk,
+                                                 DTYPES[cfg.logits_dtype])
             loss, stats = objective(logp, entropy, micro, minibatch, cfg)
             loss.backward()
             for k, v in stats.items():  # micro-batch shares add up to the mini-batch's value
@@ -575,18 +671,24 @@ def train_on_batch(model, optimizer, batch, minibatches, cfg):
             if i == 0:  # before this step's first update r = H / H_old = 1: any difference is numerical noise
                 valid = micro["response_mask"].bool()
                 first_err = max(first_err, (logp - micro["old_logp"])[valid].exp().sub(1).abs().max().item())
-                first_outside += int(outside_erc_band(entropy, micro["old_entropy"], cfg)[valid].sum())
+                first_outside += int(torch.logical_or(*erc_band_exits(entropy, micro["old_entropy"], cfg))[valid].sum())
                 first_tokens += int(valid.sum())
         grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.max_grad_norm)
-        totals["grad_norm"] = totals.get("grad_norm", 0.0) + grad_norm
+        add_stats(totals, dict(grad_norm=grad_norm))
+        per_minibatch.append(totals)
         if torch.isfinite(grad_norm):  # a NaN / inf loss or gradient: skip this update, keep the weights
             optimizer.step()
             updates += 1
         else:
             nonfinite += 1
-    stats = {k: v.item() / len(minibatches) for k, v in totals.items()}
-    return dict(stats, updates=updates, nonfinite_updates=nonfinite, first_mb_max_ratio_err=first_err,
-                first_mb_erc_clip_frac=first_outside / first_tokens)
+    stats = {k: sum(mb[k] for mb in per_minibatch).item() / len(per_minibatch) for k in per_minibatch[0]}
+    later = per_minibatch[1:]
+    add_stats(stats, {f"{k}_after_first": sum(mb[k] for mb in later).item() / len(later)
+                      for k in ("clip_frac", "erc_clip_frac") if later and k in stats})
+    add_stats(stats, dict(grad_norm_max=torch.stack([mb["grad_norm"] for mb in per_minibatch]).max().item(),
+                          updates=updates, nonfinite_updates=nonfinite, first_mb_max_ratio_err=first_err,
+                          first_mb_erc_clip_frac=first_outside / first_tokens))
+    return stats
 
 
 # ================================================================== one training step: the algorithm, whole
@@ -600,18 +702,23 @@ def train_step(cfg, model, sampler, optimizer, scheduler, tokenizer, rows):
     rewards = rewards.to(model.device)
     batch = dict(input_ids=input_ids, attention_mask=attention_mask, response_mask=response_mask, rewards=rewards,
                  advantages=group_advantages(rewards, cfg.group_size))
+    varies = group_varies(rewards, cfg.group_size)
     record = dict(reward=rewards.mean().item(), response_len=response_mask.sum(1).float().mean().item(),
+                  no_signal_frac=1 - varies.float().mean().item(), gen_prompts=len(rows["prompt"]),
                   gen_time=time.time() - t0)
     t0 = time.time()
-    if cfg.dynamic_sampling:  # DAPO: drop every group whose rewards are all equal (formulas §3.2)
-        batch = take(batch, group_varies(rewards, cfg.group_size))
+    if cfg.dynamic_sampling:  # DAPO: keep the groups whose rewards vary, at most --prompts-per-step (formulas §3.2)
+        batch = take(batch, varies.nonzero().squeeze(1)[:cfg.prompts_per_step * cfg.group_size])
     record.update(kept_groups=len(batch["rewards"]) // cfg.group_size, skipped=int(len(batch["rewards"]) == 0))
     if record["skipped"]:
         return record
     minibatches = plan_minibatches(len(batch["rewards"]), cfg)
     batch["old_logp"], batch["old_entropy"] = score_old_policy(model, batch, minibatches, cfg)
     record["entropy"] = (batch["old_entropy"].sum() / batch["response_mask"].sum()).item()  # old policy, per token
-    record.update(train_on_batch(model, optimizer, batch, minibatches, cfg))
+    old_model = frozen_copy(model, torch.float32) if cfg.diagnostics else None  # pi_old, for the diagnostics
+    add_stats(record, train_on_batch(model, optimizer, batch, minibatches, cfg))
+    if cfg.diagnostics:
+        add_stats(record, diagnostics(old_model, model, batch, cfg))
     if record["updates"]:
         scheduler.step()  # warm-up counts training steps that updated
     if sampler is not model:
@@ -623,17 +730,21 @@ def train_step(cfg, model, sampler, optimizer, scheduler, tokenizer, rows):
 # ================================================================== the loop and its plumbing
 @torch.no_grad()
 def evaluate(model, tokenizer, data, cfg):
-    """Held-out accuracy: greedy, and avg@k (the mean over k samples at --eval-temperature and --eval-top-p)."""
+    """Held-out accuracy: greedy, and over k samples at --eval-temperature and --eval-top-p the mean reward (avg@k)
+    and the share of prompts with a correct sample (pass@k). A generate call holds at most a training rollout's
+    rows; its own seed makes the samples the same whenever a checkpoint is evaluated."""
+    torch.manual_seed(cfg.seed)
     result = {}
-    for name, k, temperature in (("eval_greedy", 1, 0.0),
-                                 (f"eval_avg@{cfg.eval_samples}", cfg.eval_samples, cfg.eval_temperature)):
-        correct = []
-        for start in range(0, len(data), cfg.prompts_per_step):
-            rows = data[start:start + cfg.prompts_per_step]
+    k = cfg.eval_samples
+    for k, temperature, names in ((1, 0.0, ["eval_greedy"]), (k, cfg.eval_temperature, [f"eval_avg@{k}", f"eval_pass@{k}"])):
+        per_call, rewards = cfg.prompts_per_step * cfg.group_size // k, []
+        for start in range(0, len(data), per_call):
+            rows = data[start:start + per_call]
             ids, _, response_mask = rollout(model, tokenizer, rows["prompt"], k, temperature, cfg.max_new_tokens,
                                             cfg.static_cache, cfg.eval_top_p)
-            correct += response_rewards(tokenizer, ids, response_mask, rows["answer"], k, cfg.reward).tolist()
-        result[name] = sum(correct) / len(correct)
+            rewards.append(response_rewards(tokenizer, ids, response_mask, rows["answer"], k, cfg.reward).view(-1, k))
+        rewards = torch.cat(rewards)  # [prompts, k]
+        result.update(zip(names, [rewards.mean().item(), (rewards > 0).any(1).float().mean().item()]))
     return result
 
 
@@ -662,8 +773,7 @@ def save_checkpoint(cfg, step, model, tokenizer, optimizer, scheduler, order):
         shutil.rmtree(tmp, ignore_errors=True)
         model.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
-        torch.save(dict(step=step, optimizer=optimizer.state_dict(), scheduler=scheduler.state_dict(), order=order,
-                        rng=torch.get_rng_state(), cuda_rng=torch.cuda.get_rng_state_all()),
+        torch.save(dict(step=step, optimizer=optimizer.state_dict(), scheduler=scheduler.state_dict(), order=order),
                    os.path.join(tmp, "trainer_state.pt"))
         os.replace(tmp, final)  # atomic: from here on checkpoints() lists it
     except OSError as e:
@@ -689,8 +799,9 @@ def read_jsonl(path):
 
 
 def start_or_resume(cfg, optimizer, scheduler):
-    """(first step, data order, metrics so far). --resume restores optimizer, scheduler, data order and RNG from
-    the newest checkpoint, so the run continues bit for bit; a fresh run removes OUT's old checkpoints."""
+    """(steps done, data order, metrics so far). --resume restores optimizer, scheduler and data order from the
+    newest checkpoint (each step seeds its own random numbers), so the run continues bit for bit; a fresh run
+    removes OUT's old checkpoints."""
     os.makedirs(cfg.out, exist_ok=True)
     metrics = os.path.join(cfg.out, "metrics.jsonl")
     start, order, history = 0, [], []
@@ -702,10 +813,10 @@ def start_or_resume(cfg, optimizer, scheduler):
             fail(f"cannot load {path} ({first_line(e)})")
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
-        torch.set_rng_state(state["rng"])
-        torch.cuda.set_rng_state_all(state["cuda_rng"])
-        start, order = state["step"], state["order"]
-        history = [r for r in read_jsonl(metrics) if r["step"] < start]  # later steps will be redone
+        start, order, history = state["step"], state["order"], read_jsonl(metrics)
+        if history and history[0]["step"] == 0:
+            fail(f"{metrics} numbers steps from 0: it was written by an older erc_minimal, which can resume it")
+        history = [r for r in history if r["step"] <= start]  # later steps will be redone
     else:
         for path in checkpoints(cfg.out):
             shutil.rmtree(path)
@@ -743,17 +854,17 @@ def log_step(cfg, record, progress, report):
         report(record)
     progress.set_postfix(reward=f"{record['reward']:.2f}")
     evals = {k: v for k, v in record.items() if k.startswith("eval_")}
-    if (record["step"] + 1) % cfg.log_every == 0 or evals:
+    if record["step"] % cfg.log_every == 0 or evals:
         shown = dict(reward="reward", entropy="entropy", clip_frac="clip", erc_clip_frac="erc_clip")
         shown.update({k: k for k in evals})
-        line = [f"step {record['step'] + 1:>4}"] + [f"{shown[k]} {record[k]:.3f}" for k in shown if k in record]
+        line = [f"step {record['step']:>4}"] + [f"{shown[k]} {record[k]:.3f}" for k in shown if k in record]
         tqdm.write("  ".join(line + [f"{record['gen_time'] + record.get('train_time', 0):.2f} s/step"]))
 
 
 def prepare(cfg):
     """Optional packages, threads, matmul precision, seed; the device, and whether the hub can be reached."""
-    for choice in (cfg.reward, cfg.report_to):  # packages imported only when asked for
-        if choice not in ("none", "numeric") and importlib.util.find_spec(choice.replace("-", "_")) is None:
+    for choice in (cfg.reward, cfg.report_to):  # built-in backends' packages, imported only when asked for
+        if choice in ("math-verify", *REPORTERS) and importlib.util.find_spec(choice.replace("-", "_")) is None:
             raise ValueError(f"{choice} is not installed (pip install {choice})")
     if cfg.threads:  # the tiny model gains nothing from intra-op threads, and loses much on a busy CPU
         torch.set_num_threads(cfg.threads)
@@ -771,6 +882,9 @@ def setup(cfg):
     """Model, tokenizer, train and eval data; every user-input problem surfaces here as a ValueError."""
     if cfg.resume and not checkpoints(cfg.out):
         raise ValueError(f"--resume: {cfg.out!r} has no checkpoint to resume from")
+    done = int(checkpoints(cfg.out)[-1].rsplit("-", 1)[1]) if cfg.resume else 0
+    if done >= cfg.steps:
+        raise ValueError(f"--resume: {cfg.out!r} is at step {done} already; ask for more --steps")
     if os.path.exists(os.path.join(cfg.out, "metrics.jsonl")) and not (cfg.resume or cfg.overwrite):
         raise ValueError(f"--out {cfg.out!r} holds another run's metrics; add --resume to continue it or "
                          "--overwrite to start over")
@@ -791,15 +905,17 @@ def train(cfg, model, tokenizer, data, eval_data=None, stop=()):
     start, order, history = start_or_resume(cfg, optimizer, scheduler)
     sampler, report = make_sampler(model, cfg.bf16), make_reporter(cfg)
     bad_steps, t_start = 0, time.time()
-    progress = tqdm(range(start, cfg.steps), initial=start, total=cfg.steps, desc=cfg.algo + "+erc" * cfg.erc)
-    for step in progress:
-        while len(order) < cfg.prompts_per_step:  # epochs of shuffled prompts
+    progress = tqdm(range(start + 1, cfg.steps + 1), initial=start, total=cfg.steps, desc=cfg.algo + "+erc" * cfg.erc)
+    for step in progress:  # steps count from 1 everywhere: console, metrics.jsonl, checkpoint-STEP
+        torch.manual_seed(cfg.seed * 1_000_000 + step)  # each step's own random stream, whatever ran before it
+        n_prompts = cfg.prompts_per_step * cfg.oversample
+        while len(order) < n_prompts:  # epochs of shuffled prompts
             order += torch.randperm(len(data)).tolist()
-        rows = data[[order.pop() for _ in range(cfg.prompts_per_step)]]
+        rows = data[[order.pop() for _ in range(n_prompts)]]
         record = dict(step=step, **train_step(cfg, model, sampler, optimizer, scheduler, tokenizer, rows),
                       lr=scheduler.get_last_lr()[0])
-        if cfg.eval_every and ((step + 1) % cfg.eval_every == 0 or step + 1 == cfg.steps):
-            record.update(evaluate(sampler, tokenizer, eval_data, cfg))
+        if cfg.eval_every and (step % cfg.eval_every == 0 or step == cfg.steps):
+            add_stats(record, evaluate(sampler, tokenizer, eval_data, cfg))
         history.append(record)
         log_step(cfg, record, progress, report)
         bad_steps = bad_steps + 1 if record.get("nonfinite_updates") else 0
@@ -808,8 +924,8 @@ def train(cfg, model, tokenizer, data, eval_data=None, stop=()):
         if bad_steps >= cfg.max_bad_steps:
             raise SystemExit(f"erc_minimal: stopped at step {step}: {bad_steps} consecutive steps with a non-finite "
                              "loss or gradient (try a lower --lr)")
-        if stop or step + 1 == cfg.steps or (cfg.save_every and (step + 1) % cfg.save_every == 0):
-            path = save_checkpoint(cfg, step + 1, model, tokenizer, optimizer, scheduler, order)
+        if stop or step == cfg.steps or (cfg.save_every and step % cfg.save_every == 0):
+            path = save_checkpoint(cfg, step, model, tokenizer, optimizer, scheduler, order)
         if stop:
             print(f"interrupted after step {step}: saved {path}; continue with --out {cfg.out} --resume")
             return history
@@ -828,12 +944,18 @@ def train(cfg, model, tokenizer, data, eval_data=None, stop=()):
 
 
 # ================================================================== main
-def parse_args(argv):
+def parse_args(argv, eval_command=False):
     """Only the flags actually given (so that --resume can tell them from OUT/config.json's values)."""
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
-                                     argument_default=argparse.SUPPRESS)
+    parser = argparse.ArgumentParser(prog="erc_minimal.py" + " eval" * eval_command, argument_default=argparse.SUPPRESS,
+                                     description=evaluate_only.__doc__ if eval_command else __doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    if eval_command:
+        parser.add_argument("target", metavar="RUN_OR_CHECKPOINT_OR_MODEL")
     for f in dataclasses.fields(Config):
         flag, help = "--" + f.name.replace("_", "-"), f.metadata["help"]
+        for table, example in ((PRESETS, "tiny"), (ALGO_DEFAULTS, "grpo")):  # defaults set by --preset or --algo
+            if f.name in table[example]:
+                help += " (default: " + ", ".join(f"{name} {row[f.name]}" for name, row in table.items()) + ")"
         if f.type is bool:
             action = "store_true" if f.default is False else argparse.BooleanOptionalAction
             parser.add_argument(flag, action=action, help=help)
@@ -849,18 +971,25 @@ def parse_args(argv):
 
 
 def evaluate_only(argv):
-    """`eval CHECKPOINT_OR_MODEL`: held-out accuracy, printed and written to CHECKPOINT/eval.json (OUT/eval.json
-    for a hub model). A checkpoint of this script evaluates with its run's config.json; flags override it."""
-    if not argv or argv[0].startswith("-"):
-        raise ValueError("usage: erc_minimal.py eval CHECKPOINT_OR_MODEL [flags]")
-    run_config = Path(argv[0]).parent / "config.json"
-    given = {**(json.loads(run_config.read_text()) if run_config.exists() else {}), **parse_args(argv[1:])}
-    cfg = Config(**{**given, "model": argv[0], "resume": False, "overwrite": False})
+    """Held-out accuracy (greedy, avg@k, pass@k) without training. RUN_OR_CHECKPOINT_OR_MODEL: a run's --out folder
+    (its newest checkpoint), one of its checkpoint-STEP folders, or a model (hub id or folder). The run's
+    config.json gives the settings and flags override them. Each result is appended with its settings to eval.jsonl
+    in the checkpoint's folder (OUT/eval.jsonl for a hub model)."""
+    given = parse_args(argv, eval_command=True)
+    target = Path(given.pop("target"))
+    if checkpoints(target):  # a run folder: its newest checkpoint
+        target = Path(checkpoints(target)[-1])
+    run_config = target.parent / "config.json"
+    saved = json.loads(run_config.read_text()) if run_config.exists() else {}
+    cfg = Config(**{**saved, **given, "model": str(target), "resume": False, "overwrite": False})
     model, tokenizer = load_model_and_tokenizer(cfg.model, *prepare(cfg))
     result = evaluate(make_sampler(model, cfg.bf16), tokenizer, load_data(cfg, tokenizer, split="test"), cfg)
-    path = Path(cfg.model if os.path.isdir(cfg.model) else cfg.out, "eval.json")
+    settings = ("model", "dataset", "eval_dataset", "eval_prompts", "eval_samples", "eval_temperature", "eval_top_p",
+                "max_new_tokens", "reward", "seed", "bf16")
+    path = Path(cfg.model if os.path.isdir(cfg.model) else cfg.out, "eval.jsonl")
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(result) + "\n")
+    with open(path, "a") as f:  # every evaluation of this checkpoint, each with its settings
+        f.write(json.dumps({**{k: getattr(cfg, k) for k in settings}, **result}) + "\n")
     print("  ".join(f"{k} {v:.3f}" for k, v in result.items()) + f"  ({path})")
     return result
 
@@ -870,7 +999,7 @@ def main(argv=None):
     datasets.disable_progress_bars()  # datasets' per-map bars; the training bar is ours
     transformers.logging.disable_progress_bar()  # no "Writing model shards" bar at every checkpoint
     try:
-        if argv[:1] == ["eval"]:  # python erc_minimal.py eval CHECKPOINT_OR_MODEL [flags]: accuracy, no training
+        if argv[:1] == ["eval"]:  # python erc_minimal.py eval RUN_OR_CHECKPOINT_OR_MODEL [flags]: accuracy only
             return evaluate_only(argv[1:])
         given = parse_args(argv)
         saved = Path(given.get("out", Config.out), "config.json")

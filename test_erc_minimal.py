@@ -1,5 +1,7 @@
 """Tests for erc_minimal.py. Every expected value is computed independently here, from the formula sheet
 docs/equations.md, never from the function under test. Run: python -m pytest -q -n 2 test_erc_minimal.py"""
+import copy
+import hashlib
 import importlib.util
 import math
 import os
@@ -158,6 +160,20 @@ def test_clip_frac_counts_active_clips():
     assert stats["clip_frac"] == pytest.approx(expected)
 
 
+@pytest.mark.parametrize("algo", ["grpo", "cegppo", "cispo"])
+def test_cegppo_token_kinds_are_counted_as_fractions_of_response_tokens(algo):
+    """CE-GPPO's four kinds of token: advantage > 0 or < 0 (pa / na) x ratio above 1 + eps_high or below 1 - eps_low,
+    each a fraction of the valid tokens, whatever the loss; A = 0 belongs to none."""
+    cfg = E.Config(algo=algo, eps_low=0.2, eps_high=0.2)
+    logp, old, adv, mask = grid()
+    _, _, stats = loss_and_grad(logp, old, adv, mask, cfg)
+    r, n = torch.tensor(RATIOS), 3 * len(RATIOS)
+    above, below = (r > 1.2).sum().item(), (r < 0.8).sum().item()  # the A = 1.3 row, the A = -0.7 row
+    assert (stats["pa_above_frac"], stats["pa_below_frac"]) == (pytest.approx(above / n), pytest.approx(below / n))
+    assert (stats["na_above_frac"], stats["na_below_frac"]) == (pytest.approx(above / n), pytest.approx(below / n))
+    assert above > 0 and below > 0
+
+
 # ------------------------------------------------------------------ GSPO (formulas §3.6)
 def test_gspo_sequence_ratio_gradient_and_aggregation():
     cfg = E.Config(algo="gspo", eps_low=0.05, eps_high=0.05)
@@ -205,6 +221,10 @@ def test_erc_masks_gradient_keeps_value_and_denominator(algo):
     valid = mask.bool()
     assert stats["erc_clip_frac"] == pytest.approx(1 - (inside & valid).sum().item() / valid.sum().item())
     assert not inside[0, 0] and not inside[0, 1] and inside[0, 2]
+    # split by side: entropy fell (rho <= erc_low) or rose (rho >= erc_high); the two add up to erc_clip_frac
+    assert stats["erc_low_frac"] == pytest.approx(((rho <= low) & valid).sum().item() / valid.sum().item())
+    assert stats["erc_high_frac"] == pytest.approx(((rho >= high) & valid).sum().item() / valid.sum().item())
+    assert stats["erc_low_frac"] > 0 and stats["erc_high_frac"] > 0
 
 
 def test_erc_zero_entropy_is_finite_and_kept():
@@ -463,23 +483,33 @@ def test_chunked_logp_entropy_equal_naive_float64():
     assert (ent[response_mask.bool()] > 0).all() and (logp[response_mask == 0] == 0).all()
 
 
-def test_chunked_logp_gradient_equals_naive_autograd():
-    """The hand-written backward of TokenLogpAndEntropy against autograd through a naive float64 log_softmax."""
+@pytest.mark.parametrize("T", [1.0, 0.7])
+@pytest.mark.parametrize("uses", ["logp", "entropy", "both"])
+def test_chunked_logp_and_entropy_gradients_equal_naive_autograd(T, uses):
+    """The hand-written backward of TokenLogpAndEntropy against autograd through a naive float64 log_softmax, for a
+    loss on the log-probs, on the entropies (an entropy bonus) or on both: the entropy carries its gradient."""
     g = torch.Generator().manual_seed(6)
     hidden = torch.randn(10, 8, generator=g, dtype=torch.float64, requires_grad=True)
     weight = torch.randn(37, 8, generator=g, dtype=torch.float64, requires_grad=True)
     targets = torch.randint(0, 37, (10,), generator=g)
-    upstream = torch.randn(10, generator=g, dtype=torch.float64)
-    logp, entropy = E.TokenLogpAndEntropy.apply(hidden, weight, targets, 0.7, 3)  # 4 chunks of <= 3 tokens
-    (logp * upstream).sum().backward()
+    up_logp, up_entropy = torch.randn(2, 10, generator=g, dtype=torch.float64) * torch.tensor(
+        [[uses != "entropy"], [uses != "logp"]])
+
+    def loss(logp, entropy):
+        return (logp * up_logp).sum() + (entropy * up_entropy).sum() if uses == "both" else \
+            (logp * up_logp).sum() if uses == "logp" else (entropy * up_entropy).sum()
+
+    logp, entropy = E.TokenLogpAndEntropy.apply(hidden, weight, targets, T, 3, torch.float32)  # 4 chunks of <= 3
+    loss(logp, entropy).backward()
     grads = hidden.grad.clone(), weight.grad.clone()
     hidden.grad = weight.grad = None
-    logp_all = (hidden @ weight.T / 0.7).log_softmax(-1)
-    naive_logp = logp_all.gather(-1, targets[:, None]).squeeze(-1)
-    (naive_logp * upstream).sum().backward()
-    close = dict(rtol=1e-5, atol=1e-6, check_dtype=False)  # the function works in float32 internally
+    logp_all = (hidden @ weight.T / T).log_softmax(-1)
+    naive_logp, naive_entropy = logp_all.gather(-1, targets[:, None]).squeeze(-1), -(logp_all.exp() * logp_all).sum(-1)
+    loss(naive_logp, naive_entropy).backward()
+    close = dict(rtol=1e-4, atol=1e-5, check_dtype=False)  # the function works in float32 internally
     torch.testing.assert_close(logp, naive_logp.detach(), **close)
-    torch.testing.assert_close(entropy, -(logp_all.exp() * logp_all).sum(-1).detach(), **close)
+    torch.testing.assert_close(entropy, naive_entropy.detach(), **close)
+    assert hidden.grad.abs().max() > 0.01 and weight.grad.abs().max() > 0.01
     torch.testing.assert_close(grads[0], hidden.grad, **close)
     torch.testing.assert_close(grads[1], weight.grad, **close)
 
@@ -550,7 +580,7 @@ def step_parts(cfg, seed=5):
 def test_first_minibatch_noise_floor_is_zero(bf16):
     """Before a step's first update r = H / H_old = 1: with the old policy scored in the update's micro-batch
     shapes, at the sampling temperature (0.7 here), the logged noise floor is exactly 0, with and without bf16."""
-    cfg = E.Config(preset="tiny", group_size=4, max_new_tokens=4, micro_batch_size=3, temperature=0.7, bf16=bf16)
+    cfg = E.Config(preset="tiny", prompts_per_step=4, group_size=4, max_new_tokens=4, micro_batch_size=3, temperature=0.7, bf16=bf16)
     model, tok, optimizer, scheduler, rows = step_parts(cfg)
     torch.manual_seed(1)
     record = E.train_step(cfg, model, E.make_sampler(model, bf16), optimizer, scheduler, tok, rows)
@@ -573,7 +603,7 @@ def test_bf16_sampler_casts_parameters_only():
 def test_bf16_sampler_follows_the_policy_after_every_step():
     """After each train_step the bf16 sampler holds the updated weights (a stale sampler would keep sampling
     from the initial policy while old_logp describes the new one)."""
-    cfg = E.Config(preset="tiny", group_size=4, max_new_tokens=2, bf16=True)
+    cfg = E.Config(preset="tiny", prompts_per_step=4, group_size=4, max_new_tokens=2, bf16=True)
     model, tok, optimizer, scheduler, rows = step_parts(cfg)
     sampler = E.make_sampler(model, bf16=True)
     initial = [p.detach().clone() for p in sampler.parameters()]
@@ -625,7 +655,7 @@ def test_chunk_logits_and_gradients_are_fp32_under_bf16_autocast():
     targets = torch.randint(0, 37, (10,), generator=g)
     upstream = torch.randn(10, generator=g)
     with torch.autocast("cpu", dtype=torch.bfloat16):
-        logp, entropy = E.TokenLogpAndEntropy.apply(hidden, weight, targets, 0.7, 3)
+        logp, entropy = E.TokenLogpAndEntropy.apply(hidden, weight, targets, 0.7, 3, torch.float32)
         (logp * upstream).sum().backward()
     h64 = hidden.detach().double().requires_grad_(True)
     w64 = weight.detach().double().requires_grad_(True)
@@ -651,7 +681,7 @@ def rolled_out_batch(cfg):
 
 def test_scoring_and_update_forwards_build_no_kv_cache():
     """use_cache=False outside generate: the old-policy and training forwards return no past_key_values."""
-    cfg = E.Config(preset="tiny", group_size=4, max_new_tokens=4)
+    cfg = E.Config(preset="tiny", prompts_per_step=4, group_size=4, max_new_tokens=4)
     model, optimizer, batch, minibatches = rolled_out_batch(cfg)
     caches = []
     model.base_model.register_forward_hook(lambda module, args, out: caches.append(out.past_key_values))
@@ -664,7 +694,7 @@ def test_noise_floor_measures_the_first_minibatch():
     """first_mb_max_ratio_err is max |r - 1| and first_mb_erc_clip_frac the share outside the ERC band, both on
     the first mini-batch: old log-probs shifted by +0.1 give 1 - exp(-0.1); old entropies x 1.1 put rho = 1/1.1
     < 0.95, outside the band, for every token."""
-    cfg = E.Config(preset="tiny", group_size=4, max_new_tokens=4)
+    cfg = E.Config(preset="tiny", prompts_per_step=4, group_size=4, max_new_tokens=4)
     model, optimizer, batch, minibatches = rolled_out_batch(cfg)
     old_logp, old_entropy = E.score_old_policy(model, batch, minibatches, cfg)
     batch["old_logp"], batch["old_entropy"] = old_logp + 0.1 * batch["response_mask"], old_entropy * 1.1
@@ -762,13 +792,22 @@ def test_dataset_without_the_field_names_its_fields(tmp_path, capsys):
     assert "no field 'answer'" in err and "problem" in err and "solution" in err
 
 
-def test_tiny_tokenizer_refuses_unknown_characters(tmp_path, capsys):
+@pytest.mark.parametrize("from_checkpoint", [False, True])
+def test_prompts_the_tokenizer_cannot_reproduce_stop_the_run(tmp_path, capsys, from_checkpoint):
+    """Every prompt must decode back to itself through the tokenizer in use, the tiny one or a tiny checkpoint's
+    passed as --model: English text (whose letters the tiny tokenizer maps to EOS) is one line, exit 2, before
+    anything is written."""
     data = tmp_path / "data.jsonl"
     data.write_text('{"question": "What is 4 plus 2?", "answer": "6"}\n')
+    model = ["--model", str(tmp_path / "ckpt" / "checkpoint-1")] if from_checkpoint else []
+    if from_checkpoint:
+        E.main(tiny_argv(tmp_path / "ckpt", "--steps", "1"))
+        capsys.readouterr()
     with pytest.raises(SystemExit) as exit_info:
-        E.main(tiny_argv(tmp_path / "run", "--dataset", str(data)))
-    err = capsys.readouterr().err
-    assert exit_info.value.code == 2 and "'W'" in err and "'?'" in err and "knows only" in err
+        E.main(tiny_argv(tmp_path / "run", "--dataset", str(data), *model))
+    err = capsys.readouterr().err.strip()
+    assert exit_info.value.code == 2 and len(err.splitlines()) == 1 and not (tmp_path / "run").exists()
+    assert "'What is 4 plus 2?'" in err and "knows only" in err
 
 
 def test_local_dataset_file_trains(tmp_path):
@@ -835,7 +874,7 @@ def test_killed_and_interrupted_runs_resume_to_the_uninterrupted_run(tmp_path, c
     resumed = E.main(resume)
     assert "dropped a torn last line" in capsys.readouterr().out
     assert comparable(resumed) == comparable(whole)
-    assert [r["step"] for r in E.read_jsonl(metrics)] == list(range(30))
+    assert [r["step"] for r in E.read_jsonl(metrics)] == list(range(1, 31))  # steps count from 1
     assert not [p for p in out.iterdir() if p.suffix == ".tmp"]
     a = E.AutoModelForCausalLM.from_pretrained(tmp_path / "whole" / "checkpoint-30")
     b = E.AutoModelForCausalLM.from_pretrained(out / "checkpoint-30")
@@ -888,13 +927,21 @@ def test_malformed_metrics_line_names_file_and_line(tmp_path, capsys):
     assert exit_info.value.code == 2 and len(errors) == 1 and "metrics.jsonl, line 2" in errors[0]
 
 
-def test_eval_entry_point_matches_the_runs_own_evaluation(tmp_path):
-    """`eval CHECKPOINT` uses the run's config.json: its greedy accuracy equals the one the run logged at its
-    last step (same weights, same held-out prompts, greedy decoding), and it is written to CHECKPOINT/eval.json."""
-    rows = E.main(tiny_argv(tmp_path, "--steps", "20", "--eval-every", "20", "--eval-prompts", "16"))
-    result = E.main(["eval", str(tmp_path / "checkpoint-20")])
-    assert result["eval_greedy"] == rows[-1]["eval_greedy"]
-    assert E.read_jsonl(tmp_path / "checkpoint-20" / "eval.json") == [result]
+def test_eval_entry_point_matches_the_runs_own_evaluation(tmp_path, capsys):
+    """`eval RUN` evaluates the run's newest checkpoint with the run's config.json: greedy, avg@k and pass@k equal
+    what the run logged at its last step (same weights, prompts and evaluation seed). Each evaluation is appended
+    to CHECKPOINT/eval.jsonl with its settings; `eval --help` explains the command."""
+    rows = E.main(tiny_argv(tmp_path, "--steps", "20", "--eval-every", "20", "--eval-prompts", "16",
+                            "--save-every", "10"))
+    result = E.main(["eval", str(tmp_path)])
+    assert result == {k: v for k, v in rows[-1].items() if k.startswith("eval_")} and "eval_pass@4" in result
+    other = E.main(["eval", str(tmp_path / "checkpoint-20"), "--eval-samples", "2"])
+    records = E.read_jsonl(tmp_path / "checkpoint-20" / "eval.jsonl")
+    assert [r["eval_samples"] for r in records] == [4, 2] and records[1]["eval_avg@2"] == other["eval_avg@2"]
+    assert records[0]["model"] == str(tmp_path / "checkpoint-20") and records[0]["eval_prompts"] == 16
+    with pytest.raises(SystemExit) as exit_info:
+        E.main(["eval", "--help"])
+    assert exit_info.value.code == 0 and "RUN_OR_CHECKPOINT_OR_MODEL" in capsys.readouterr().out
 
 
 def test_unreachable_hub_fails_fast_and_says_so(tmp_path, capsys, monkeypatch):
@@ -954,8 +1001,15 @@ def test_plot_script_draws_the_metrics(tmp_path):
 
 # ------------------------------------------------------------------ worked ablations (docs/ablations/*.patch)
 def patched_script(tmp_path, name):
-    """erc_minimal.py with docs/ablations/NAME.patch applied by `git apply`, imported as a fresh module."""
+    """erc_minimal.py with docs/ablations/NAME.patch applied by `git apply`, imported as a fresh module. Where
+    erc_minimal.py is not the file the patches were made against (a fork), the test skips and says how to
+    regenerate them; under CI it fails, so the shipped patches never rot."""
     root = os.path.dirname(os.path.abspath(E.__file__))
+    base = open(os.path.join(root, "docs", "ablations", "BASE.sha256")).read().split()[0]
+    if hashlib.sha256(open(os.path.join(root, "erc_minimal.py"), "rb").read()).hexdigest() != base:
+        message = ("erc_minimal.py differs from the file docs/ablations/*.patch were made against; regenerate them: "
+                   "python experiments/regenerate_ablations.py")
+        pytest.fail(message) if os.environ.get("CI") == "true" else pytest.skip(message)
     folder = tmp_path / tempfile.mkdtemp(prefix=name, dir=tmp_path)
     (folder / "erc_minimal.py").write_text(open(os.path.join(root, "erc_minimal.py")).read())
     patch = os.path.join(root, "docs", "ablations", f"{name}.patch")
@@ -968,8 +1022,8 @@ def test_ablation_one_sided_erc_band(tmp_path):
     P = patched_script(tmp_path, "one_sided")
     cfg = P.Config(preset="tiny", erc=True)
     old = torch.ones(4)
-    assert P.outside_erc_band(old * torch.tensor([0.9, 0.96, 1.04, 1.2]), old, cfg).tolist() == [True, False,
-                                                                                                   False, False]
+    fell, rose = P.erc_band_exits(old * torch.tensor([0.9, 0.96, 1.04, 1.2]), old, cfg)
+    assert (fell | rose).tolist() == [True, False, False, False]
     rows = P.main(tiny_argv(tmp_path / "run", "--erc", "--steps", "3"))
     assert len(rows) == 3
 
@@ -1075,7 +1129,7 @@ def test_local_gsm8k_shaped_files_train_and_evaluate(tmp_path, capsys):
     assert len(history) == 2 and "eval_greedy" in history[-1] and "eval_avg@2" in history[-1]
     assert "eval_greedy 0." in capsys.readouterr().out  # the console line names the evaluation
     cfg = E.Config(**E.parse_args(argv))
-    test_data = E.load_data(cfg, E.AutoTokenizer.from_pretrained(tmp_path / "model"), split="test")
+    test_data = E.load_data(cfg, E.load_model_and_tokenizer(str(tmp_path / "model"), torch.device("cpu"))[1], "test")
     assert test_data["answer"][:2] == ["9", "10"]  # rows 12 and 13: 7 + 2 and 7 + 3, after their '####'
     assert test_data["prompt"][0].startswith("<|im_start|>system\n") and len(test_data) == 4
 
@@ -1088,7 +1142,7 @@ def test_report_to_tensorboard_writes_every_record(tmp_path):
     events.Reload()
     assert [(e.step, round(e.value, 6)) for e in events.Scalars("reward")] == [(r["step"], round(r["reward"], 6))
                                                                                for r in rows]
-    assert len(events.Scalars("erc_clip_frac")) == 3
+    assert len(events.Scalars("clip_frac")) == 3
 
 
 def test_optional_package_missing_is_one_line(tmp_path, capsys):
@@ -1097,3 +1151,268 @@ def test_optional_package_missing_is_one_line(tmp_path, capsys):
     with pytest.raises(SystemExit) as exit_info:
         E.main(tiny_argv(tmp_path, "--report-to", "trackio"))
     assert exit_info.value.code == 2 and "pip install trackio" in capsys.readouterr().err
+
+
+# ------------------------------------------------------------------ what the papers argue about: metrics, diagnostics
+def recording_reward(calls, value=None):
+    """A reward registered in E.REWARDS, as a fork or an experiment does: the numeric checker's verdict, or
+    value(index of the call), with every reward recorded in call order."""
+    def reward(completion, answer):
+        calls.append(E.reward_fn(completion, answer) if value is None else value(len(calls)))
+        return calls[-1]
+    return reward
+
+
+def spy_on_generate(model, seen, record):
+    """Wraps the model's generate (a transformers method) to record record(kwargs) at every call."""
+    generate = model.generate
+
+    def spy(**kwargs):
+        seen.append(record(kwargs))
+        return generate(**kwargs)
+    model.generate = spy
+
+
+def test_evaluation_pass_at_k_rows_per_call_and_top_p(monkeypatch):
+    """avg@k is the mean reward over k samples, pass@k the share of prompts with a correct one (rewards known by
+    call order); no generate call holds more rows than a training rollout; --eval-top-p reaches generate."""
+    calls = []
+    monkeypatch.setitem(E.REWARDS, "pattern", recording_reward(calls, lambda i: float(i % 23 == 3)))
+    cfg = E.Config(preset="tiny", prompts_per_step=4, group_size=2, eval_prompts=10, eval_samples=8, eval_top_p=0.9,
+                   reward="pattern")
+    model, tok = tiny_model_and_tokenizer(seed=3)
+    seen = []
+    spy_on_generate(model, seen, lambda kw: (len(kw["input_ids"]) * kw["num_return_sequences"], kw.get("top_p")))
+    result = E.evaluate(model, tok, E.load_data(cfg, tok, split="test"), cfg)
+    greedy, sampled = torch.tensor(calls[:10]), torch.tensor(calls[10:]).view(10, 8)
+    assert result["eval_greedy"] == pytest.approx(greedy.mean().item())
+    assert result["eval_avg@8"] == pytest.approx(sampled.mean().item())
+    assert result["eval_pass@8"] == pytest.approx((sampled > 0).any(1).float().mean().item())
+    assert 0 < result["eval_avg@8"] < result["eval_pass@8"] < 1
+    assert max(rows for rows, _ in seen) <= 8 and sum(rows for rows, _ in seen) == 10 + 80  # 4 x 2 rows per call
+    assert [top_p for _, top_p in seen] == [None] * 2 + [0.9] * 10  # greedy: no sampling parameters
+
+
+def test_clip_fractions_after_the_first_minibatch_and_the_largest_grad_norm():
+    """Old log-probs shifted by +0.5 on the first mini-batch only put its ratios at e^-0.5 < 0.8: it clips exactly
+    its A < 0 tokens, the second nothing. With 2 mini-batches 2 clip_frac = first + clip_frac_after_first, and
+    grad_norm_max is the larger of the first mini-batch's norm (computed on a twin) and the second's."""
+    cfg = E.Config(preset="tiny", prompts_per_step=4, group_size=4, max_new_tokens=4, num_minibatches=2)
+    model, optimizer, batch, minibatches = rolled_out_batch(cfg)
+    batch["old_logp"], batch["old_entropy"] = E.score_old_policy(model, batch, minibatches, cfg)
+    rows = torch.cat(minibatches[0])
+    batch["old_logp"][rows] += 0.5 * batch["response_mask"][rows]
+    first = E.take(batch, rows)
+    first_clip = ((first["advantages"][:, None] < 0) * first["response_mask"]).sum() / first["response_mask"].sum()
+    twin = copy.deepcopy(model)
+    logp, entropy = E.logp_and_entropy(twin, first["input_ids"], first["attention_mask"], first["response_mask"], 1.0, 512)
+    E.objective(logp, entropy, first, first, cfg)[0].backward()
+    first_norm = torch.cat([p.grad.flatten() for p in twin.parameters()]).norm().item()
+    stats = E.train_on_batch(model, optimizer, batch, minibatches, cfg)
+    assert first_clip > 0 and stats["clip_frac_after_first"] == 0.0
+    assert 2 * stats["clip_frac"] - stats["clip_frac_after_first"] == pytest.approx(first_clip.item())
+    second_norm = 2 * stats["grad_norm"] - first_norm
+    assert stats["grad_norm_max"] == pytest.approx(max(first_norm, second_norm), rel=1e-5)
+
+
+def test_one_minibatch_clips_nothing_and_the_erc_sides_add_up(tmp_path):
+    """With one mini-batch the update sees r = H / H_old = 1 exactly: no ratio clip, no ERC clip on either side,
+    and no after-first fractions (there is no later mini-batch)."""
+    rows = E.main(tiny_argv(tmp_path, "--algo", "gppo", "--erc", "--num-minibatches", "1", "--steps", "4"))
+    for r in rows:
+        assert r["clip_frac"] == r["erc_clip_frac"] == r["erc_low_frac"] == r["erc_high_frac"] == 0.0
+        assert "erc_clip_frac_after_first" not in r and r["updates"] == 1
+
+
+def test_dynamic_sampling_as_the_fork_does_it(monkeypatch):
+    """Mini-batches keep the size rollout batch / --num-minibatches: one group that varies is one update. With
+    --oversample 2, twice --prompts-per-step prompts are sampled and at most --prompts-per-step of the groups that
+    vary are trained on. no_signal_frac: the share of groups whose rewards are all equal."""
+    calls = []
+    monkeypatch.setitem(E.REWARDS, "first", recording_reward(calls, lambda i: float(i == 0)))  # group 0 varies
+    cfg = E.Config(preset="tiny", prompts_per_step=4, group_size=4, num_minibatches=4, dynamic_sampling=True,
+                   reward="first")
+    model, tok, optimizer, scheduler, rows = step_parts(cfg)
+    record = E.train_step(cfg, model, model, optimizer, scheduler, tok, rows)
+    assert (record["gen_prompts"], record["kept_groups"], record["updates"], record["no_signal_frac"]) == (4, 1, 1, 0.75)
+    calls.clear()
+    monkeypatch.setitem(E.REWARDS, "three", recording_reward(calls, lambda i: float(i in (0, 4, 9))))
+    cfg = E.Config(preset="tiny", prompts_per_step=2, oversample=2, group_size=4, num_minibatches=4,
+                   dynamic_sampling=True, reward="three")
+    record = E.train_step(cfg, model, model, optimizer, scheduler, tok, rows)  # 4 prompts = 2 x --prompts-per-step
+    assert (record["gen_prompts"], record["kept_groups"], record["updates"], record["no_signal_frac"]) == (4, 2, 4, 0.25)
+
+
+def test_minibatch_plan_without_dynamic_sampling_is_the_even_split():
+    """Without dynamic sampling the fixed-size plan is the shuffled even split into --num-minibatches."""
+    cfg = E.Config(preset="tiny", micro_batch_size=5)
+    torch.manual_seed(3)
+    plan = E.plan_minibatches(256, cfg)
+    torch.manual_seed(3)
+    assert [torch.cat(mb).tolist() for mb in plan] == [m.tolist() for m in torch.randperm(256).tensor_split(4)]
+    assert all(len(micro) <= 5 for mb in plan for micro in mb)
+
+
+def test_diagnostics_equal_a_float64_hand_computation():
+    """Every --diagnostics quantity, from full float64 softmaxes of pi_old and pi at the response positions: KL(pi_old
+    || pi), p - p_old of the sampled token, sum_{v != y} |p_v - p_old,v|, pi's entropy; token means over all tokens
+    and over the ERC-band and ratio-band groups, and each group's share of the tokens."""
+    cfg = E.Config(preset="tiny", prompts_per_step=4, group_size=4, max_new_tokens=4, temperature=0.7,
+                   logprob_chunk=5, micro_batch_size=6)
+    model, _, batch, _ = rolled_out_batch(cfg)
+    old = E.frozen_copy(model, torch.float32)
+    g = torch.Generator().manual_seed(8)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(torch.randn(p.shape, generator=g) * 0.03)
+    result = E.diagnostics(old, model, batch, cfg)
+    ids, attention, response_mask = batch["input_ids"], batch["attention_mask"], batch["response_mask"]
+    n_prompt, valid = ids.shape[1] - response_mask.shape[1], response_mask.bool()
+    with torch.no_grad():
+        logq0, logq1 = (m.double()(input_ids=ids, attention_mask=attention, position_ids=(attention.cumsum(1) - 1)
+                        .clamp(min=0)).logits[:, n_prompt - 1:-1][valid].div(0.7).log_softmax(-1) for m in (old, model))
+    y = ids[:, n_prompt:][valid][:, None]
+    p0, p1 = logq0.exp(), logq1.exp()
+    dp = (p1 - p0).gather(-1, y).squeeze(-1)
+    values = dict(kl=(p0 * (logq0 - logq1)).sum(-1), dp_sampled=dp, moved_unsampled=(p1 - p0).abs().sum(-1) - dp.abs(),
+                  entropy=-(p1 * logq1).sum(-1))
+    rho = (values["entropy"] + 1e-8) / (-(p0 * logq0).sum(-1) + 1e-8)
+    r = (logq1 - logq0).gather(-1, y).squeeze(-1).exp()
+    erc_out, ratio_out = (rho <= 0.95) | (rho >= 1.05), (r < 0.8) | (r > 1.2)
+    groups = dict(all=erc_out | True, erc_clipped=erc_out, erc_kept=~erc_out, ratio_out=ratio_out, ratio_in=~ratio_out,
+                  erc_only=erc_out & ~ratio_out)
+    assert 0 < erc_out.sum() < len(erc_out) and 0 < (erc_out & ~ratio_out).sum() and 0 < ratio_out.sum()
+    for group, member in groups.items():
+        assert result[f"diag_{group}_frac"] == pytest.approx(member.double().mean().item())
+        for name, value in values.items():
+            assert result[f"diag_{name}_{group}"] == pytest.approx(value[member].mean().item(), rel=1e-4, abs=1e-7)
+
+
+def test_entropy_bonus_is_one_flag_and_trains_the_entropy():
+    """--entropy-coef c adds -c x token-mean entropy of the current policy: with A = 0 it is the only gradient, and
+    it equals float64 autograd of -c x mean H through the full softmax at T = 0.7."""
+    cfg = E.Config(preset="tiny", prompts_per_step=4, group_size=4, max_new_tokens=4, temperature=0.7,
+                   entropy_coef=0.01)
+    model, _, batch, minibatches = rolled_out_batch(cfg)
+    batch["advantages"] = torch.zeros_like(batch["advantages"])
+    batch["old_logp"], batch["old_entropy"] = E.score_old_policy(model, batch, minibatches, cfg)
+    ids, attention, response_mask = batch["input_ids"], batch["attention_mask"], batch["response_mask"]
+    logp, entropy = E.logp_and_entropy(model, ids, attention, response_mask, 0.7, 3)
+    loss, stats = E.objective(logp, entropy, batch, batch, cfg)
+    loss.backward()
+    model64 = copy.deepcopy(model).double()
+    model64.zero_grad()
+    n_prompt, valid = ids.shape[1] - response_mask.shape[1], response_mask.bool()
+    logq = model64(input_ids=ids, attention_mask=attention, position_ids=(attention.cumsum(1) - 1).clamp(min=0)
+                   ).logits[:, n_prompt - 1:-1][valid].div(0.7).log_softmax(-1)
+    mean_entropy = -(logq.exp() * logq).sum(-1).mean()
+    (-0.01 * mean_entropy).backward()
+    assert stats["entropy_bonus"].item() == pytest.approx(mean_entropy.item(), rel=1e-5)
+    for p, p64 in zip(model.parameters(), model64.parameters()):
+        torch.testing.assert_close(p.grad.double(), p64.grad, rtol=1e-3, atol=1e-7)
+    assert max(p.grad.abs().max() for p in model.parameters()) > 1e-4
+
+
+def test_bf16_logits_dtype_rounds_the_logits_as_the_authors_runs_do(tmp_path):
+    """--logits-dtype bf16: the output layer's matmul in bf16 (logits rounded to bf16) and the softmax in fp32, as
+    in the authors' runs; values equal a float64 softmax of the bf16-rounded logits and differ from fp32 logits'."""
+    g = torch.Generator().manual_seed(9)
+    hidden, weight = torch.randn(10, 64, generator=g) * 2, torch.randn(37, 64, generator=g)
+    targets = torch.randint(0, 37, (10,), generator=g)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        logp16, entropy16 = E.TokenLogpAndEntropy.apply(hidden, weight, targets, 0.7, 3, E.DTYPES["bf16"])
+        logp32, _ = E.TokenLogpAndEntropy.apply(hidden, weight, targets, 0.7, 3, E.DTYPES["fp32"])
+    logq = ((hidden.bfloat16() @ weight.bfloat16().T).double() / 0.7).log_softmax(-1)
+    torch.testing.assert_close(logp16.double(), logq.gather(-1, targets[:, None]).squeeze(-1), rtol=0, atol=1e-5)
+    torch.testing.assert_close(entropy16.double(), -(logq.exp() * logq).sum(-1), rtol=0, atol=1e-5)
+    assert (logp16 - logp32).abs().max() > 1e-3
+    rows = E.main(tiny_argv(tmp_path, "--bf16", "--logits-dtype", "bf16", "--steps", "2"))
+    assert len(rows) == 2 and E.read_jsonl(tmp_path / "metrics.jsonl")[-1]["step"] == 2
+
+
+# ------------------------------------------------------------------ a core that forks without traps
+def test_registered_reward_needs_no_package_and_a_step_cannot_shift_later_rollouts(tmp_path, monkeypatch):
+    """A reward registered in E.REWARDS runs through setup and train with no package check. Every step seeds its
+    own random stream from (seed, step): a reward that draws random numbers (any randomness inside a step) leaves
+    the random state each later rollout starts from unchanged, so ablations stay paired with their baseline."""
+    states = {}
+    for name, reward in (("plain", E.reward_fn), ("draws", lambda c, a: E.reward_fn(c, a) + 0 * torch.rand(5).sum().item())):
+        monkeypatch.setitem(E.REWARDS, name, reward)
+        cfg = E.Config(preset="tiny", steps=3, reward=name, out=str(tmp_path / name))
+        model, tok, data, _ = E.setup(cfg)
+        spy_on_generate(model, states.setdefault(name, []), lambda kw: torch.get_rng_state())
+        E.train(cfg, model, tok, data)
+    assert len(states["plain"]) == 3 and all(torch.equal(a, b) for a, b in zip(states["plain"], states["draws"]))
+
+
+def test_evaluation_does_not_change_training(tmp_path):
+    plain = E.main(tiny_argv(tmp_path / "plain", "--steps", "6"))
+    evaluated = E.main(tiny_argv(tmp_path / "evaluated", "--steps", "6", "--eval-every", "2", "--eval-prompts", "8"))
+    assert "eval_greedy" in evaluated[1]
+    assert comparable(plain) == [{k: v for k, v in r.items() if not k.startswith("eval_")} for r in comparable(evaluated)]
+
+
+def test_a_stat_cannot_overwrite_a_record_field():
+    """A forker's new objective stat named like a record field (say `entropy`) is an error, not a silent overwrite."""
+    record = dict(entropy=2.0)
+    with pytest.raises(KeyError, match="entropy"):
+        E.add_stats(record, dict(entropy=1.0, kl=0.1))
+    assert record == dict(entropy=2.0)
+
+
+def test_a_word_level_tokenizer_in_a_qwen2_folder_loads_as_saved(tmp_path):
+    """A generic fast tokenizer saved beside a qwen2 model loads as it was saved: transformers' Qwen2Tokenizer
+    would rebuild it and silently drop the words."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
+    words = ["<|endoftext|>", "nums", "target", "."] + [str(i) for i in range(10)]
+    tok = Tokenizer(models.WordLevel({w: i for i, w in enumerate(words)}, unk_token="<|endoftext|>"))
+    tok.pre_tokenizer, tok.decoder = pre_tokenizers.WhitespaceSplit(), decoders.WordPiece(cleanup=False)
+    E.PreTrainedTokenizerFast(tokenizer_object=tok, eos_token="<|endoftext|>").save_pretrained(tmp_path)
+    E.Qwen2ForCausalLM(E.Qwen2Config(vocab_size=len(words), hidden_size=16, intermediate_size=32, num_hidden_layers=1,
+                                     num_attention_heads=2, num_key_value_heads=1)).save_pretrained(tmp_path)
+    _, tokenizer = E.load_model_and_tokenizer(str(tmp_path), torch.device("cpu"))
+    text = "nums 3 7 2 target 2 3 ."
+    assert tokenizer.convert_ids_to_tokens(tokenizer(text).input_ids) == text.split()
+    assert tokenizer.decode(tokenizer(text).input_ids) == text
+
+
+# ------------------------------------------------------------------ one step numbering, OUT untouched by failures
+def test_failing_or_idle_commands_leave_out_unchanged(tmp_path, capsys):
+    """--resume with --steps at or below the run's step is refused in one line; neither it nor other failing
+    commands on an existing run change a byte or a timestamp in OUT."""
+    out = tmp_path / "run"
+    E.main(tiny_argv(out, "--steps", "4", "--save-every", "2"))
+
+    def snapshot():
+        return {p: (p.stat().st_mtime_ns, p.read_bytes() if p.is_file() else None) for p in sorted(out.rglob("*"))}
+
+    before, resume = snapshot(), ["--out", str(out), "--resume"]
+    for argv in (resume, resume + ["--steps", "3"], resume + ["--algo", "ppo"], tiny_argv(out, "--steps", "5"),
+                 resume + ["--steps", "6", "--dataset", str(tmp_path / "missing.jsonl")]):
+        with pytest.raises(SystemExit) as exit_info:
+            E.main(argv)
+        assert exit_info.value.code == 2
+    assert "is at step 4 already" in capsys.readouterr().err
+    assert snapshot() == before
+
+
+def test_one_step_numbering_and_old_metrics_refused(tmp_path, capsys):
+    """Step N is 'step N' on the console, "step": N in metrics.jsonl and checkpoint-N; a metrics file numbered from
+    0 (an older version) is refused in one line on --resume."""
+    rows = E.main(tiny_argv(tmp_path, "--steps", "2", "--log-every", "2"))
+    assert [r["step"] for r in rows] == [1, 2] and E.checkpoints(str(tmp_path))[-1].endswith("checkpoint-2")
+    assert "step    2  reward" in capsys.readouterr().out
+    metrics = tmp_path / "metrics.jsonl"
+    metrics.write_text("".join(E.json.dumps(dict(r, step=r["step"] - 1)) + "\n" for r in rows))
+    with pytest.raises(SystemExit) as exit_info:
+        E.main(["--out", str(tmp_path), "--resume", "--steps", "3"])
+    assert exit_info.value.code == 2 and "older erc_minimal" in capsys.readouterr().err
+
+
+def test_resume_in_the_middle_of_the_warm_up_continues_it(tmp_path):
+    whole = E.main(tiny_argv(tmp_path / "whole", "--steps", "6", "--warmup-steps", "4"))
+    E.main(tiny_argv(tmp_path / "cut", "--steps", "3", "--warmup-steps", "4"))
+    resumed = E.main(["--out", str(tmp_path / "cut"), "--resume", "--steps", "6"])
+    lr = E.PRESETS["tiny"]["lr"]
+    assert [r["lr"] for r in whole] == pytest.approx([lr * 2 / 5, lr * 3 / 5, lr * 4 / 5, lr, lr, lr])
+    assert comparable(resumed) == comparable(whole)
