@@ -61,10 +61,8 @@ POSITIVE = ("steps", "prompts_per_step", "num_minibatches", "micro_batch_size", 
 NON_NEGATIVE = ("eps_high", "beta1", "beta2", "sft_coef", "lr", "weight_decay", "eval_every", "save_every",
                 "eval_temperature", "entropy_coef")
 
-
 def arg(default, help):
     return dataclasses.field(default=default, metadata=dict(help=help))
-
 
 @dataclasses.dataclass
 class Config:
@@ -83,15 +81,13 @@ class Config:
     beta1: float = arg(None, "gppo/cegppo: gradient weight for A < 0, r < 1 - eps_low")
     beta2: float = arg(None, "gppo/cegppo: gradient weight for A > 0, r > 1 + eps_high")
     dynamic_sampling: bool = arg(None, "drop groups whose rewards are all equal (DAPO)")
-    oversample: int = arg(1, "dynamic sampling: sample N x --prompts-per-step prompts, train on at most "
-                             "--prompts-per-step of the groups that vary (the released recipes: 2)")
+    oversample: int = arg(1, "dynamic sampling: sample N x --prompts-per-step prompts (the released recipes: 2)")
     erc: bool = arg(False, "entropy ratio clipping on top of the chosen loss (formulas §4)")
     erc_low: float = arg(0.95, "ERC: keep a token's gradient only if erc_low < H / H_old ...")
     erc_high: float = arg(1.05, "... < erc_high")
     sft_coef: float = arg(0.0, "weight of the NLL of correct responses (the released ERC recipes use 0.1)")
     entropy_coef: float = arg(0.0, "weight of an entropy bonus: loss -= coef x token-mean entropy (recipes: 0)")
-    diagnostics: bool = arg(False, "after each step's updates: KL and probability moved on sampled and un-sampled "
-                                   "tokens, split by the ERC and ratio bands (costs two forwards)")
+    diagnostics: bool = arg(False, "after each step: KL, probability moved, by ERC and ratio band (formulas §4.1)")
     # --- rollout, batch sizes, precision
     steps: int = arg(None, "training steps (one rollout batch each)")
     prompts_per_step: int = arg(None, "prompts per rollout batch")
@@ -158,8 +154,7 @@ class Config:
              f"--num-minibatches {self.num_minibatches} must divide the rollout batch "
              f"{self.prompts_per_step} x {self.group_size}"),
             (self.dynamic_sampling or self.oversample == 1, "--oversample acts only with --dynamic-sampling"),
-            (self.eval_samples <= self.prompts_per_step * self.group_size, "--eval-samples must be at most "
-             "--prompts-per-step x --group-size (an evaluation never holds more rows than a rollout)"),
+            (self.eval_samples <= self.prompts_per_step * self.group_size, "need --eval-samples <= a rollout's rows"),
             (not (self.resume and self.overwrite), "--resume and --overwrite exclude each other"),
         ]
         for ok, message in checks:
@@ -171,7 +166,6 @@ class Config:
 TINY_CHARS = "0123456789+="
 FILE_TYPES = (".json", ".jsonl", ".parquet", ".csv")  # local --dataset / --eval-dataset files
 
-
 def make_tiny_tokenizer():
     """A character tokenizer built in code; pad == eos, as in Qwen base models (formulas §1)."""
     from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers
@@ -181,13 +175,11 @@ def make_tiny_tokenizer():
     tok.decoder = decoders.Fuse()
     return PreTrainedTokenizerFast(tokenizer_object=tok, eos_token="<|endoftext|>", pad_token="<|endoftext|>")
 
-
 def make_tiny_model(vocab_size):
     config = Qwen2Config(vocab_size=vocab_size, hidden_size=64, intermediate_size=256, num_hidden_layers=2,
                          num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64,
                          tie_word_embeddings=True, bos_token_id=0, eos_token_id=0, pad_token_id=0)
     return Qwen2ForCausalLM(config)
-
 
 def make_tiny_dataset(n, seed, max_operand=4):
     """'a+b=' -> str(a + b), a, b in 0..4: a random policy is right about 1 time in 15, so RL can learn it."""
@@ -196,10 +188,8 @@ def make_tiny_dataset(n, seed, max_operand=4):
     questions, answers = [f"{a}+{b}=" for a, b in pairs], [str(a + b) for a, b in pairs]
     return datasets.Dataset.from_dict({"question": questions, "answer": answers})
 
-
 def hub_reachable(*names):
-    """False if HF_HUB_OFFLINE is set or huggingface.co does not answer in 3 s, where the hub libraries would
-    retry for a minute; True when every name is 'tiny' or a local path."""
+    """True when every name is 'tiny' or a local path, or huggingface.co answers in 3 s (not a minute of retries)."""
     if all(name == "tiny" or os.path.exists(name) for name in names):
         return True
     if os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", ""):
@@ -209,7 +199,6 @@ def hub_reachable(*names):
         return True
     except OSError:
         return False
-
 
 def load_model_and_tokenizer(name, device, online=True):
     """'tiny', a hub id (from the local cache only when offline), or a local folder (this script's checkpoints)."""
@@ -236,7 +225,6 @@ def load_model_and_tokenizer(name, device, online=True):
         tokenizer.pad_token = tokenizer.eos_token
     return model.to(device), tokenizer
 
-
 def format_prompt(question, tokenizer):
     """The tokenizer's chat template when it has one, asking for the final answer in \\boxed{}."""
     if not tokenizer.chat_template:
@@ -244,7 +232,6 @@ def format_prompt(question, tokenizer):
     message = f"{question}\nPlease reason step by step, and put your final answer within \\boxed{{}}."
     return tokenizer.apply_chat_template([{"role": "user", "content": message}], tokenize=False,
                                          add_generation_prompt=True)
-
 
 def load_data(cfg, tokenizer, split="train"):
     """Columns 'prompt' (formatted) and 'answer' (gold final answer). split='test': --eval-dataset, else the test
@@ -283,7 +270,6 @@ def load_data(cfg, tokenizer, split="train"):
 # ================================================================== reward
 NUMBER = r"-?(?:\d{1,3}(?:,\d{3})+|\d+)(?:\.\d+)?|-?\.\d+"  # 1,234.5 / 42 / -3 / .75
 
-
 def last_boxed(text):
     """Content of the last \\boxed{...}, with nested braces (e.g. \\boxed{\\frac{1}{2}})."""
     start = text.rfind("\\boxed{")
@@ -296,10 +282,8 @@ def last_boxed(text):
             return text[i:j]
     return None
 
-
 def extract_answer(text):
-    """The final answer of a completion: last \\boxed{}, else after '####' / 'answer is' / 'answer:', else the
-    last number."""
+    """The final answer: the last \\boxed{}, else after '####' / 'answer is' / 'answer:', else the last number."""
     boxed = last_boxed(text)
     if boxed is not None:
         return boxed.strip().strip("$").rstrip(".").strip()
@@ -307,12 +291,10 @@ def extract_answer(text):
     numbers = marked or re.findall(NUMBER, text)
     return numbers[-1].rstrip(".") if numbers else None
 
-
 @functools.lru_cache(maxsize=1 << 16)  # a group's gold answer and most short answers repeat
 def to_number(answer):
-    """A final answer as a Fraction, or None when it is not a plain number. Handles 1,234 and 1{,}234, $ and %,
-    \\text{18} / \\textbf{18}, a unit word after the number (18 \\text{ cm}^2, 90 minutes), 45^\\circ, x = 7,
-    and \\frac{a}{b} / \\frac12 / -\\frac{a}{b}."""
+    """A final answer as a Fraction, or None: 1,234 and 1{,}234, $, %, \\text{18} / \\textbf{18}, a unit word after the
+    number (18 \\text{ cm}^2, 90 minutes), 45^\\circ, x = 7, and \\frac{a}{b} / \\frac12 / -\\frac{a}{b}."""
     if answer is None:
         return None
     s = re.sub(r"\\(?:text|textbf|mathrm|mathbf|mbox)\{([^{}]*)\}", r" \1 ", answer)  # unwrap \text{...}
@@ -326,12 +308,10 @@ def to_number(answer):
     except (ValueError, ZeroDivisionError):
         return None
 
-
 def reward_fn(completion, answer):
     """1.0 if the final answer equals the gold answer as a number, else 0.0; an unparsable gold never scores."""
     gold, pred = to_number(answer), to_number(extract_answer(completion))
     return float(gold is not None and pred == gold)
-
 
 def math_verify_reward(completion, answer):
     """--reward math-verify: HF's math-verify compares expressions symbolically (MATH, AIME answers)."""
@@ -345,10 +325,8 @@ REWARDS = {"numeric": reward_fn, "math-verify": math_verify_reward}
 # ================================================================== rollout
 @torch.no_grad()
 def rollout(model, tokenizer, prompts, num_samples, temperature, max_new_tokens, static_cache=False, top_p=1.0):
-    """Sample num_samples responses per prompt from softmax(logits / temperature) (top_p < 1 only to evaluate);
-    temperature 0 is greedy.
-    Returns input_ids [B, P+T], attention_mask [B, P+T], response_mask [B, T], with B = len(prompts) *
-    num_samples and the responses of a prompt consecutive."""
+    """num_samples responses per prompt from softmax(logits / temperature) (0: greedy; top_p < 1 only to evaluate).
+    Returns input_ids, attention_mask [B, P+T], response_mask [B, T]; B = prompts x num_samples, a prompt's in a row."""
     model.eval()
     # a static cache is compiled for its shape: prompts padded to a multiple of 64 bound the recompilations
     enc = tokenizer(prompts, return_tensors="pt", padding=True, pad_to_multiple_of=64 if static_cache else None,
@@ -367,14 +345,11 @@ def rollout(model, tokenizer, prompts, num_samples, temperature, max_new_tokens,
     first = int(prompt_mask.any(0).int().argmax())  # drop columns that are padding in every row (--static-cache)
     return sequences[:, first:], torch.cat([prompt_mask, response_mask], 1)[:, first:], response_mask
 
-
 def make_response_mask(completion_ids, eos_ids):
-    """1 on sampled tokens up to and including the first EOS, 0 after it (formulas §1). Built from positions,
-    never from ids != pad, so it is right when pad == eos. A response with no EOS (truncated) is all 1."""
+    """1 up to and including the first EOS, 0 after (formulas §1), from positions: right when pad == eos."""
     is_eos = torch.isin(completion_ids, torch.tensor(eos_ids, device=completion_ids.device)).long()
     eos_before = is_eos.cumsum(1) - is_eos  # [B, T] number of EOS strictly before t
     return (eos_before == 0).long()
-
 
 def response_rewards(tokenizer, input_ids, response_mask, answers, num_samples, reward="numeric"):
     """The reward of every decoded response [B]; `answers` holds one gold answer per prompt."""
@@ -382,15 +357,12 @@ def response_rewards(tokenizer, input_ids, response_mask, answers, num_samples, 
     answers = [a for a in answers for _ in range(num_samples)]
     return torch.tensor([REWARDS[reward](c, a) for c, a in zip(completions, answers)])
 
-
 def frozen_copy(model, dtype):
-    """A no-gradient copy of the model with its parameters in `dtype`. deepcopy takes each parameter from the memo,
-    so the weights are copied once, in `dtype`. Buffers keep the policy's dtype (formulas §6): RoPE's inv_freq in
-    bf16 would be another policy."""
+    """A no-gradient copy with parameters in `dtype`, each taken from deepcopy's memo (one copy of the weights). Buffers
+    keep the policy's dtype (formulas §6): RoPE's inv_freq in bf16 would be another policy."""
     params = {id(p): torch.nn.Parameter(p.detach().to(dtype, copy=True), requires_grad=False)
               for p in model.parameters()}
     return copy.deepcopy(model, memo=params).eval()
-
 
 def make_sampler(model, bf16):
     """The model that generates: the policy, or with --bf16 its bf16 copy (half the bytes read per token)."""
@@ -399,10 +371,8 @@ def make_sampler(model, bf16):
 
 # ================================================================== log-probs and entropies
 class TokenLogpAndEntropy(torch.autograd.Function):
-    """log p(target) and entropy of softmax(hidden @ W.T / T) over the whole vocabulary, `chunk` tokens at a time,
-    from logits in `dtype` (fp32 unless --logits-dtype bf16) whatever autocast says (formulas §6). Backward recomputes
-    each chunk, so memory holds [chunk, V] float32 blocks, never [N, V]; it adds the entropy's gradient only when a
-    loss term uses the entropy. Plumbing: no need to touch."""
+    """log p(target) and entropy of softmax(hidden @ W.T / T), `chunk` tokens at a time, from `dtype` logits whatever
+    autocast says (formulas §6). Backward recomputes each chunk; it adds the entropy's gradient when a loss uses it."""
 
     @staticmethod
     def forward(ctx, hidden, weight, targets, temperature, chunk, dtype):  # hidden [N, H], weight [V, H], targets [N]
@@ -446,7 +416,6 @@ class TokenLogpAndEntropy(torch.autograd.Function):
                 grad_weight.addmm_(grad_logits.T, h.float())
         return grad_hidden, grad_weight.to(weight.dtype), None, None, None, None
 
-
 def response_hidden(model, input_ids, attention_mask, response_mask):
     """Final hidden states at the positions that predict real response tokens [N, H], and those tokens [N]."""
     # formulas §6: with left padding, positions count from each row's first real token.
@@ -457,13 +426,11 @@ def response_hidden(model, input_ids, attention_mask, response_mask):
     valid = response_mask.bool()
     return hidden[:, n_prompt - 1:-1][valid], input_ids[:, n_prompt:][valid]
 
-
 def logp_and_entropy(model, input_ids, attention_mask, response_mask, temperature, chunk, dtype=torch.float32):
-    """Log-prob of every response token and the entropy at its position, both [B, T], 0 where response_mask is 0.
-    The output layer runs on response tokens only, `chunk` at a time (memory never grows with B x T x V)."""
+    """Log-prob of each response token and the entropy at its position, [B, T] each, 0 off response_mask."""
     hidden, targets = response_hidden(model, input_ids, attention_mask, response_mask)
-    lm_head = model.get_output_embeddings()  # no bias in Qwen / Llama output layers
-    logp, entropy = TokenLogpAndEntropy.apply(hidden, lm_head.weight, targets, temperature, chunk, dtype)
+    weight = model.get_output_embeddings().weight  # no bias in Qwen / Llama output layers
+    logp, entropy = TokenLogpAndEntropy.apply(hidden, weight, targets, temperature, chunk, dtype)
     zeros, valid = torch.zeros(response_mask.shape, device=input_ids.device), response_mask.bool()
     return zeros.masked_scatter(valid, logp), zeros.masked_scatter(valid, entropy)
 
@@ -478,19 +445,16 @@ def group_advantages(rewards, group_size):
     advantages = (r - r.mean(1, keepdim=True)) / (r.std(1, keepdim=True) + 1e-6)
     return advantages.view(-1).masked_fill(~group_varies(rewards, group_size), 0.0)
 
-
 def group_varies(rewards, group_size):
-    """[B] True where the response's group does not have all-equal rewards: the groups with a learning signal,
-    which DAPO's dynamic sampling keeps (formulas §3.2)."""
+    """[B] True where the response's group has unequal rewards (a learning signal; what DAPO keeps, §3.2)."""
     r = rewards.view(-1, group_size)
     return (r != r[:, :1]).any(1).repeat_interleave(group_size)
 
 
 # ================================================================== policy losses (+ ERC)
 def policy_loss(logp, old_logp, advantages, response_mask, cfg, entropy=None, old_entropy=None):
-    """Per-token loss of the chosen variant with ERC on top (formulas §3-§4), and masks of the tokens that each clip
-    acted on or that belong to a kind of token (`objective` logs each as a fraction). logp, old_logp, response_mask,
-    entropy, old_entropy: [B, T]; advantages: [B]."""
+    """Per-token loss of the variant with ERC on top (formulas §3-§4), and masks of the tokens each clip acted on or
+    of a kind of token (logged as fractions). logp, old_logp, response_mask, (old_)entropy [B, T]; advantages [B]."""
     if cfg.erc and (entropy is None or old_entropy is None):
         raise ValueError("ERC needs entropy and old_entropy")
     mask = response_mask.float()
@@ -535,22 +499,17 @@ def policy_loss(logp, old_logp, advantages, response_mask, cfg, entropy=None, ol
         loss_tok = torch.where(masks["erc_clip"], loss_tok.detach(), loss_tok)
     return loss_tok, masks
 
-
 def erc_band_exits(entropy, old_entropy, cfg):
-    """ERC's test (formulas §4): rho = (H + 1e-8) / (H_old + 1e-8) is kept only strictly inside the band. Returns
-    the masks of the tokens at or below erc_low (entropy fell) and at or above erc_high (entropy rose)."""
+    """ERC (formulas §4): rho = (H + 1e-8) / (H_old + 1e-8) must stay strictly inside the band. Masks of the tokens at
+    or below erc_low (entropy fell) and at or above erc_high (entropy rose)."""
     entropy_ratio = (entropy + 1e-8) / (old_entropy + 1e-8)
     return entropy_ratio <= cfg.erc_low, entropy_ratio >= cfg.erc_high
 
-
 @torch.no_grad()
 def diagnostics(old_model, model, batch, cfg):
-    """--diagnostics (formulas §4.1): what ERC reacts to and the ratio clip does not. For every response token, from
-    the full distributions of pi_old (old_model, which sampled it) and pi (model, after the step's updates):
-    KL(pi_old || pi), the change p - p_old of the sampled token's probability, the mass moved on the un-sampled
-    tokens sum_{v != y} |p_v - p_old,v|, and pi's entropy. Token means over all tokens (diag_Q_all) and over those
-    that ERC's band would clip now (erc_clipped) or keep, whose ratio is outside or inside [lo, hi] (ratio_out,
-    ratio_in), and that only ERC would clip (erc_only: outside ERC's band, inside the ratio's)."""
+    """--diagnostics (formulas §4.1): per response token, from the full distributions of pi_old (which sampled it)
+    and pi (after the step's updates): KL(pi_old || pi), p - p_old of the sampled token, the mass moved on the others
+    sum_{v != y} |p_v - p_old,v|, pi's entropy. Token means over all tokens and over ERC's and the ratio's groups."""
     lo, hi = 1 - cfg.eps_low, 1 + cfg.eps_high
     rows, sums = torch.arange(len(batch["response_mask"])), {}  # sums[quantity, group]: a sum over tokens
     for idx in rows.split(cfg.micro_batch_size or len(rows)):
@@ -583,8 +542,7 @@ def diagnostics(old_model, model, batch, cfg):
 
 # ================================================================== objective: every loss term and its normaliser
 def objective(logp, entropy, micro, minibatch, cfg):
-    """(loss to minimise, stats) of one micro-batch. logp, entropy [b, T]: the training forward's; micro, minibatch:
-    the rollout tensors of this micro-batch and of its whole mini-batch. Every normaliser counts the whole
+    """(loss, stats) of a micro-batch; logp, entropy [b, T] from the training forward. Every normaliser counts the whole
     mini-batch, so the micro-batches' losses and stats add up to the mini-batch's (formulas §3)."""
     mask = micro["response_mask"].float()  # [b, T]
     n_tokens = minibatch["response_mask"].sum()
@@ -612,26 +570,20 @@ def autocast(cfg, device):
     """--bf16: bf16 autocast around the model's forward (fp32 master weights); the output layer stays fp32."""
     return torch.autocast(device.type, dtype=torch.bfloat16, enabled=cfg.bf16)
 
-
 def plan_minibatches(n, cfg):
-    """A shuffled epoch in mini-batches of a fixed size, the full rollout batch / --num-minibatches (after dynamic
-    sampling fewer, the last one shorter, as in the authors' fork), each a list of micro-batch indices. Old-policy
-    scoring and the update use the same plan: equal shapes give equal numbers, so the first mini-batch's ratio is 1
-    (formulas §6)."""
+    """A shuffled epoch in mini-batches of rollout batch / --num-minibatches responses (after dynamic sampling fewer, as
+    in the authors' fork), each a list of micro-batches; scoring uses it too: same shapes, same numbers (§6)."""
     size = cfg.prompts_per_step * cfg.group_size // cfg.num_minibatches
     return [mb.split(cfg.micro_batch_size or size) for mb in torch.randperm(n).split(size)]
 
-
 def take(batch, index):
     return {k: v[index] for k, v in batch.items()}
-
 
 def add_stats(record, stats):
     """record.update(stats), except that a name already in the record is an error, never a silent overwrite."""
     if record.keys() & stats.keys():
         raise KeyError(f"stats {sorted(record.keys() & stats.keys())} would overwrite record fields; rename them")
     record.update(stats)
-
 
 @torch.no_grad()
 def score_old_policy(model, batch, minibatches, cfg):
@@ -646,12 +598,9 @@ def score_old_policy(model, batch, minibatches, cfg):
                 cfg.temperature, cfg.logprob_chunk, DTYPES[cfg.logits_dtype])
     return old_logp, old_entropy
 
-
 def train_on_batch(model, optimizer, batch, minibatches, cfg):
-    """One optimizer step per mini-batch (gradients accumulated over its micro-batches). Returns each `objective`
-    stat and grad_norm as means over mini-batches, the clip fractions also over the mini-batches after the first
-    (before the step's first update r = H / H_old = 1: the first clips nothing), the largest grad norm, update
-    counts, and the first mini-batch's noise floor."""
+    """One optimizer step per mini-batch. Returns each `objective` stat and grad_norm as means over mini-batches (clip
+    fractions also over those after the first), grad_norm_max, update counts and the first mini-batch's noise floor."""
     model.train()
     per_minibatch, updates, nonfinite = [], 0, 0
     first_err, first_outside, first_tokens = 0.0, 0, 0
@@ -693,8 +642,7 @@ def train_on_batch(model, optimizer, batch, minibatches, cfg):
 
 # ================================================================== one training step: the algorithm, whole
 def train_step(cfg, model, sampler, optimizer, scheduler, tokenizer, rows):
-    """Rollout, reward, advantages, old-policy scoring and updates on one batch of prompts; returns its metrics.
-    sampler: the model that generates (the policy `model` itself, or its bf16 copy)."""
+    """One training step on a batch of prompts, sampled by `sampler` (the policy or its bf16 copy): its metrics."""
     t0 = time.time()
     input_ids, attention_mask, response_mask = rollout(sampler, tokenizer, rows["prompt"], cfg.group_size,
                                                        cfg.temperature, cfg.max_new_tokens, cfg.static_cache)
@@ -730,13 +678,12 @@ def train_step(cfg, model, sampler, optimizer, scheduler, tokenizer, rows):
 # ================================================================== the loop and its plumbing
 @torch.no_grad()
 def evaluate(model, tokenizer, data, cfg):
-    """Held-out accuracy: greedy, and over k samples at --eval-temperature and --eval-top-p the mean reward (avg@k)
-    and the share of prompts with a correct sample (pass@k). A generate call holds at most a training rollout's
-    rows; its own seed makes the samples the same whenever a checkpoint is evaluated."""
+    """Held-out greedy accuracy, and over k samples the mean reward (avg@k) and the share of prompts solved (pass@k).
+    At most a rollout's rows per generate call; its own seed: the same samples whenever a checkpoint is evaluated."""
     torch.manual_seed(cfg.seed)
     result = {}
-    k = cfg.eval_samples
-    for k, temperature, names in ((1, 0.0, ["eval_greedy"]), (k, cfg.eval_temperature, [f"eval_avg@{k}", f"eval_pass@{k}"])):
+    for k, temperature, names in ((1, 0.0, ["eval_greedy"]), (cfg.eval_samples, cfg.eval_temperature,
+                                  [f"eval_avg@{cfg.eval_samples}", f"eval_pass@{cfg.eval_samples}"])):
         per_call, rewards = cfg.prompts_per_step * cfg.group_size // k, []
         for start in range(0, len(data), per_call):
             rows = data[start:start + per_call]
@@ -747,26 +694,21 @@ def evaluate(model, tokenizer, data, cfg):
         result.update(zip(names, [rewards.mean().item(), (rewards > 0).any(1).float().mean().item()]))
     return result
 
-
 def first_line(error):
     return f"{type(error).__name__}: {(str(error).splitlines() or [''])[0]}"
-
 
 def fail(message):
     """Bad input or an unusable file: one line on stderr, exit code 2, no traceback."""
     print(f"erc_minimal: error: {message}", file=sys.stderr)
     sys.exit(2)
 
-
 def checkpoints(out):
     """OUT's complete checkpoint folders, oldest first (a checkpoint gets its name only once fully written)."""
     names = [n for n in os.listdir(out) if re.fullmatch(r"checkpoint-\d+", n)] if os.path.isdir(out) else []
     return [os.path.join(out, n) for n in sorted(names, key=lambda n: int(n.split("-")[1]))]
 
-
 def save_checkpoint(cfg, step, model, tokenizer, optimizer, scheduler, order):
-    """OUT/checkpoint-STEP (save_pretrained model + tokenizer, trainer_state.pt), written under a temporary name
-    and renamed: a kill or a full disk leaves the previous checkpoints intact. Keeps the newest --save-total-limit."""
+    """OUT/checkpoint-STEP, written as .tmp, then renamed: a kill or a full disk keeps the older ones intact."""
     final = os.path.join(cfg.out, f"checkpoint-{step}")
     tmp = final + ".tmp"
     try:
@@ -783,11 +725,9 @@ def save_checkpoint(cfg, step, model, tokenizer, optimizer, scheduler, order):
         shutil.rmtree(old)
     return final
 
-
 def read_jsonl(path):
     """A JSONL file's records. A torn last line (a kill while writing it) is dropped with a warning."""
-    lines = Path(path).read_text().splitlines()
-    records = []
+    lines, records = Path(path).read_text().splitlines(), []
     for number, line in enumerate(lines, 1):
         try:
             records.append(json.loads(line))
@@ -797,11 +737,9 @@ def read_jsonl(path):
             print(f"warning: {path}: dropped a torn last line (a step after the checkpoint; it will be redone)")
     return records
 
-
 def start_or_resume(cfg, optimizer, scheduler):
-    """(steps done, data order, metrics so far). --resume restores optimizer, scheduler and data order from the
-    newest checkpoint (each step seeds its own random numbers), so the run continues bit for bit; a fresh run
-    removes OUT's old checkpoints."""
+    """(steps done, data order, metrics so far): --resume restores optimizer, scheduler and data order (each step seeds
+    its own random numbers), so the run continues bit for bit; a fresh run removes OUT's old checkpoints."""
     os.makedirs(cfg.out, exist_ok=True)
     metrics = os.path.join(cfg.out, "metrics.jsonl")
     start, order, history = 0, [], []
@@ -825,7 +763,6 @@ def start_or_resume(cfg, optimizer, scheduler):
     os.replace(metrics + ".tmp", metrics)  # atomic: a crash here loses no saved line
     return start, order, history
 
-
 def make_reporter(cfg):
     """--report-to: a function that sends a step's record to wandb, trackio or tensorboard (None for none)."""
     if cfg.report_to == "tensorboard":
@@ -844,10 +781,8 @@ def make_reporter(cfg):
         return lambda record: tracker.log(record, step=record["step"])
     return None
 
-
 def log_step(cfg, record, progress, report):
-    """Every step: a line of OUT/metrics.jsonl (and --report-to). Every --log-every steps and at evaluations: a
-    console line."""
+    """A line of OUT/metrics.jsonl (and --report-to) every step; a console line every --log-every steps and at evals."""
     with open(os.path.join(cfg.out, "metrics.jsonl"), "a") as f:
         f.write(json.dumps(record) + "\n")
     if report:
@@ -859,7 +794,6 @@ def log_step(cfg, record, progress, report):
         shown.update({k: k for k in evals})
         line = [f"step {record['step']:>4}"] + [f"{shown[k]} {record[k]:.3f}" for k in shown if k in record]
         tqdm.write("  ".join(line + [f"{record['gen_time'] + record.get('train_time', 0):.2f} s/step"]))
-
 
 def prepare(cfg):
     """Optional packages, threads, matmul precision, seed; the device, and whether the hub can be reached."""
@@ -876,7 +810,6 @@ def prepare(cfg):
     online = hub_reachable(cfg.model, cfg.dataset)
     datasets.config.HF_HUB_OFFLINE = not online  # no minute of retries when the hub cannot be reached
     return device, online
-
 
 def setup(cfg):
     """Model, tokenizer, train and eval data; every user-input problem surfaces here as a ValueError."""
@@ -896,10 +829,8 @@ def setup(cfg):
     eval_data = load_data(cfg, tokenizer, split="test") if cfg.eval_every else None
     return model, tokenizer, load_data(cfg, tokenizer), eval_data
 
-
 def train(cfg, model, tokenizer, data, eval_data=None, stop=()):
-    """The loop: train_step on each batch of prompts, and the plumbing around it. `stop` becomes non-empty when
-    the run should save and return (main's signal handler)."""
+    """The loop: train_step on each batch of prompts, and its plumbing. A non-empty `stop` (Ctrl-C): save, return."""
     optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay, fused=True)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: min(1.0, (step + 1) / (cfg.warmup_steps + 1)))
     start, order, history = start_or_resume(cfg, optimizer, scheduler)
@@ -931,15 +862,12 @@ def train(cfg, model, tokenizer, data, eval_data=None, stop=()):
             return history
     progress.close()
     if history:  # the end-of-run summary
-        print(f"done: {cfg.steps} steps, {time.time() - t_start:.0f} s this session, metrics and checkpoints in "
-              f"{cfg.out}")
+        print(f"done: {cfg.steps} steps, {time.time() - t_start:.0f} s this session, metrics, checkpoints in {cfg.out}")
         for key in ("reward", "entropy", "erc_clip_frac"):
             first, last = ([r[key] for r in rows if key in r] for rows in (history[:10], history[-10:]))
             if first and last:
                 print(f"  {key}: {sum(first) / len(first):.3f} -> {sum(last) / len(last):.3f}")
-        for key, value in history[-1].items():
-            if key.startswith("eval_"):
-                print(f"  {key}: {value:.3f}")
+        print("  " + "  ".join(f"{k} {v:.3f}" for k, v in history[-1].items() if k.startswith("eval_")))
     return history
 
 
@@ -969,12 +897,9 @@ def parse_args(argv, eval_command=False):
     parser.error = one_line_error
     return vars(parser.parse_args(argv))
 
-
 def evaluate_only(argv):
-    """Held-out accuracy (greedy, avg@k, pass@k) without training. RUN_OR_CHECKPOINT_OR_MODEL: a run's --out folder
-    (its newest checkpoint), one of its checkpoint-STEP folders, or a model (hub id or folder). The run's
-    config.json gives the settings and flags override them. Each result is appended with its settings to eval.jsonl
-    in the checkpoint's folder (OUT/eval.jsonl for a hub model)."""
+    """Held-out accuracy (greedy, avg@k, pass@k) of a run (its newest checkpoint), a checkpoint or a model, with the
+    run's config.json and flags over it; appended with its settings to eval.jsonl in the checkpoint (or in OUT)."""
     given = parse_args(argv, eval_command=True)
     target = Path(given.pop("target"))
     if checkpoints(target):  # a run folder: its newest checkpoint
@@ -992,7 +917,6 @@ def evaluate_only(argv):
         f.write(json.dumps({**{k: getattr(cfg, k) for k in settings}, **result}) + "\n")
     print("  ".join(f"{k} {v:.3f}" for k, v in result.items()) + f"  ({path})")
     return result
-
 
 def main(argv=None):
     argv = sys.argv[1:] if argv is None else argv

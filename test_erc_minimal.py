@@ -1224,7 +1224,7 @@ def test_one_minibatch_clips_nothing_and_the_erc_sides_add_up(tmp_path):
         assert "erc_clip_frac_after_first" not in r and r["updates"] == 1
 
 
-def test_dynamic_sampling_as_the_fork_does_it(monkeypatch):
+def test_dynamic_sampling_as_the_fork_does_it(monkeypatch, tmp_path):
     """Mini-batches keep the size rollout batch / --num-minibatches: one group that varies is one update. With
     --oversample 2, twice --prompts-per-step prompts are sampled and at most --prompts-per-step of the groups that
     vary are trained on. no_signal_frac: the share of groups whose rewards are all equal."""
@@ -1241,6 +1241,8 @@ def test_dynamic_sampling_as_the_fork_does_it(monkeypatch):
                    dynamic_sampling=True, reward="three")
     record = E.train_step(cfg, model, model, optimizer, scheduler, tok, rows)  # 4 prompts = 2 x --prompts-per-step
     assert (record["gen_prompts"], record["kept_groups"], record["updates"], record["no_signal_frac"]) == (4, 2, 4, 0.25)
+    rows = E.main(tiny_argv(tmp_path, "--dynamic-sampling", "--oversample", "2", "--prompts-per-step", "4", "--steps", "3"))
+    assert all(r["gen_prompts"] == 8 and r["kept_groups"] <= 4 for r in rows)
 
 
 def test_minibatch_plan_without_dynamic_sampling_is_the_even_split():
