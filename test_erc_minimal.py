@@ -1418,3 +1418,62 @@ def test_resume_in_the_middle_of_the_warm_up_continues_it(tmp_path):
     lr = E.PRESETS["tiny"]["lr"]
     assert [r["lr"] for r in whole] == pytest.approx([lr * 2 / 5, lr * 3 / 5, lr * 4 / 5, lr, lr, lr])
     assert comparable(resumed) == comparable(whole)
+
+
+# ------------------------------------------------------------------ the Countdown lab (experiments/countdown.py)
+def countdown():
+    return load_script(os.path.join(os.path.dirname(E.__file__), "experiments", "countdown.py"))
+
+
+@pytest.mark.parametrize("completion,expected", [
+    ("w0 w5 = ( 3 * 7 ) + 2", 1.0),          # right
+    ("= 3 * 7 + 2", 1.0),                    # right, no thought
+    ("w1 = 3 * ( 7 + 2 )", 0.0),             # wrong value (27)
+    ("w1 = 3 * 7 + 3", 0.0),                 # a number reused, another missing
+    ("w1 = 3 * 7", 0.0),                     # a number missing
+    ("w1 = 3 * 8 - 1", 0.0),                 # numbers not given
+    ("w1 = ( 3 * 7 + 2", 0.0),               # malformed
+    ("w1 = 3 7 + 2", 0.0),                   # malformed: two numbers side by side
+    ("w1 = - 3 + 7 * 2 + 10", 0.0),          # unary minus, a number not given
+    ("w1 = 3 / 7 + 2", 0.0),                 # division
+    ("w1 = 3 ^ 7 + 2", 0.0),                 # an unknown symbol
+    ("w1 = ( 3 * 7 ) + 2 w4", 0.0),          # text after the answer
+    ("w1 = 3 * 7 + 2 = 23", 0.0),            # a second '='
+    ("w1 w2 3 * 7 + 2", 0.0),                # no '='
+])
+def test_countdown_verifier(completion, expected):
+    assert countdown().verify(completion, "3 7 2 23") == expected
+
+
+def test_countdown_sets_are_disjoint_and_round_trip():
+    C = countdown()
+    train, held_out = C.splits()
+    assert len(train) == 1563 and len(held_out) == 400 and len(set(train)) == len(train)
+    assert not {(tuple(sorted(n)), t) for n, t in train} & {(tuple(sorted(n)), t) for n, t in held_out}
+    tokenizer, prompt = C.make_tokenizer(), C.prompt_of(*held_out[0])
+    assert tokenizer.decode(tokenizer(prompt).input_ids) == prompt and len(tokenizer) == 220
+    assert all(C.verify("= " + " ".join(t), C.answer_of(n, target)) == 1.0
+               for n, target in held_out[:50] for t, v in C.expressions(n) if v == target)
+
+
+def test_countdown_warm_start_learns_and_rl_runs_through_main(tmp_path):
+    """A 120-step warm start (~17 s) on the noisy teacher: held-out pass@8 on 64 prompts at least 0.1 (0.16 measured)
+    where the random initialisation scores 0; then 3 RL steps through E.main with the verifier as its reward."""
+    C = countdown()
+    C.write_data(tmp_path)
+    model, tokenizer = C.warm_start(tmp_path / "model", steps=120, hidden=128, batch=48)
+    result = C.measure(model, tokenizer, C.splits()[1][:64])
+    assert result["pass_k"] >= 0.1, result
+    rows = E.main(C.base_argv(tmp_path) + ["--steps", "3", "--prompts-per-step", "4", "--num-minibatches", "2",
+                                           "--eval-every", "3", "--eval-prompts", "8", "--out", str(tmp_path / "run")])
+    assert [r["step"] for r in rows] == [1, 2, 3] and "diag_kl_all" in rows[-1] and "eval_pass@8" in rows[-1]
+
+
+def test_countdown_dropout_control_drops_the_fraction_it_is_given():
+    C = countdown()
+    torch.manual_seed(0)
+    fell, rose = C.dropout_gate(0.3)(torch.rand(200, 50), torch.rand(200, 50), None)
+    assert fell.float().mean().item() == pytest.approx(0.3, abs=0.01) and not rose.any()
+    low, _ = C.lowest_entropy_gate(0.25)(entropy := torch.rand(100, 40), entropy + 1, None)
+    assert low.float().mean().item() == pytest.approx(0.25, abs=0.01)
+    assert entropy[low].max() <= entropy[~low].min()
