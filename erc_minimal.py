@@ -437,8 +437,7 @@ def logp_and_entropy(model, input_ids, attention_mask, response_mask, temperatur
 
 # ================================================================== advantages
 def group_advantages(rewards, group_size):
-    """GRPO (DeepSeekMath, formulas §2): A_i = (R_i - mean_g R) / (std_g R + 1e-6), unbiased std, groups
-    consecutive. [B] -> [B]. A group with all rewards equal gets exactly 0."""
+    """GRPO (DeepSeekMath, formulas §2): A_i = (R_i - mean_g R) / (std_g R + 1e-6), [B]; all-equal groups get 0."""
     if group_size < 2:
         raise ValueError("group advantages need group_size >= 2")
     r = rewards.view(-1, group_size)  # [num_groups, G]

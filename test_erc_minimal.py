@@ -1477,3 +1477,23 @@ def test_countdown_dropout_control_drops_the_fraction_it_is_given():
     low, _ = C.lowest_entropy_gate(0.25)(entropy := torch.rand(100, 40), entropy + 1, None)
     assert low.float().mean().item() == pytest.approx(0.25, abs=0.01)
     assert entropy[low].max() <= entropy[~low].min()
+
+
+def test_help_shows_preset_and_algo_defaults_and_the_eval_command(capsys):
+    with pytest.raises(SystemExit):
+        E.main(["--help"])
+    out = " ".join(capsys.readouterr().out.split())
+    assert "(default: gsm8k 200, tiny 300)" in out and "(default: grpo 0.2, dapo 0.28," in out
+    assert "erc_minimal.py eval RUN_OR_CHECKPOINT_OR_MODEL" in out
+
+
+def test_unsupported_dataset_file_names_the_supported_types_and_idle_terms_are_not_logged(tmp_path, capsys):
+    """A .txt file is refused naming the supported extensions; with --sft-coef 0 and --entropy-coef 0 (defaults)
+    their terms are not logged, with non-zero coefficients they are."""
+    (tmp_path / "data.txt").write_text("1+1= 2\n")
+    with pytest.raises(SystemExit):
+        E.main(tiny_argv(tmp_path / "run", "--dataset", str(tmp_path / "data.txt")))
+    assert ".json, .jsonl, .parquet, .csv" in capsys.readouterr().err
+    idle = E.main(tiny_argv(tmp_path / "idle", "--steps", "1"))[0]
+    active = E.main(tiny_argv(tmp_path / "active", "--steps", "1", "--sft-coef", "0.1", "--entropy-coef", "0.01"))[0]
+    assert not {"sft_loss", "entropy_bonus"} & idle.keys() and {"sft_loss", "entropy_bonus"} <= active.keys()

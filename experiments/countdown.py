@@ -366,12 +366,12 @@ def report(quick=False):
     """docs/countdown.md (mean ± std over seeds per arm) and docs/countdown.png; asserts the negative control."""
     main, controls = arms(quick)
     seeds = SEEDS[:2] if quick else SEEDS
-    table, curves = {}, {}
+    table, curves, per_seed = {}, {}, {}
     for name, algo, variant, minibatches, lr in main + controls:
         runs = load(name, seeds)
         if not runs:
             continue
-        numbers = [per_run(*r) for r in runs]
+        numbers = per_seed[name] = [per_run(*r) for r in runs]
         table[name] = {k: spread([n[k] for n in numbers]) for k in COLUMNS} | dict(seeds=len(runs))
         curves[name] = [rows for rows, _ in runs]
         if minibatches == 1 and variant == 1:  # the negative control: one mini-batch, nothing for ERC to clip
@@ -383,10 +383,53 @@ def report(quick=False):
     start = json.loads((LAB / "start.json").read_text())
     text = (f"Countdown-3 lab, {STEPS} steps, seeds {list(seeds)}; mean ± std over seeds. Starting policy (256 held-out"
             f" prompts): greedy {start['greedy']:.3f}, avg@8 {start['avg']:.3f}, pass@8 {start['pass_k']:.3f}, "
-            f"distinct correct {start['distinct']:.2f}.\n\n" + "\n".join(lines) + "\n")
+            f"distinct correct {start['distinct']:.2f}.\n\n" + "\n".join(lines) + "\n\n"
+            + "\n".join(verdicts(table, per_seed)) + "\n")
     (ROOT / "docs" / ("countdown_quick.md" if quick else "countdown.md")).write_text(text)
     print(text)
     figure(curves, ROOT / "docs" / ("countdown_quick.png" if quick else "countdown.png"))
+
+
+def verdicts(table, per_seed):
+    """The README's four criteria, answered from the table (means and standard deviations over seeds)."""
+    out, hi = [], LRS[1]
+
+    def compare(on, off, key, higher_is_better):
+        """+1 if ERC beats no ERC on `key` by more than the seed spread, -1 if it loses by that much, else 0."""
+        (m_on, s_on), (m_off, s_off) = table[on][key], table[off][key]
+        margin = (m_on - m_off) * (1 if higher_is_better else -1)
+        return (margin > max(s_on, s_off)) - (-margin > max(s_on, s_off)), f"{m_on:.3f} ± {s_on:.3f} vs {m_off:.3f} ± {s_off:.3f}"
+
+    word = {1: "for", -1: "against", 0: "inconclusive"}
+    for algo in ALGOS:
+        on, off = f"{algo}_erc1_mb8_lr{hi}", f"{algo}_erc0_mb8_lr{hi}"
+        if on not in table or off not in table:
+            continue
+        sign, text = compare(on, off, "entropy_change_sd", higher_is_better=False)
+        erc_mean, erc_sd = table[on]["entropy_change_sd"]
+        controls = {c: table[f"{algo}_{c}_mb8_lr{hi}"]["entropy_change_sd"][0] for c in CONTROLS
+                    if f"{algo}_{c}_mb8_lr{hi}" in table}
+        matched = [c for c, m in controls.items() if m <= erc_mean + erc_sd]
+        one = [table.get(f"{algo}_erc{e}_mb1_lr{hi}", {}).get("entropy_change_sd") for e in (1, 0)]
+        absent = None not in one and abs(one[0][0] - one[1][0]) < max(one[0][1], one[1][1])
+        verdict = 1 if sign == 1 and not matched and absent else -1 if sign == -1 else 0
+        out.append(f"- {algo}, criterion 1 (entropy stable): **{word[verdict]}**. SD of step-to-step entropy changes "
+                   f"with / without ERC {text}; controls {', '.join(f'{c} {m:.3f}' for c, m in controls.items())}"
+                   f"{' (' + ', '.join(matched) + ' as low as ERC)' if matched else ''}; at 1 mini-batch "
+                   + (f"{one[0][0]:.3f} vs {one[1][0]:.3f}" if None not in one else "not run") + ".")
+        for number, keys, name in ((2, ("pass8", "distinct"), "exploration"), (3, ("greedy", "avg8"), "accuracy")):
+            results = [compare(on, off, k, higher_is_better=True) for k in keys]
+            signs = [r[0] for r in results]
+            verdict = 1 if all(x == 1 for x in signs) else -1 if any(x == -1 for x in signs) else 0
+            out.append(f"- {algo}, criterion {number} ({name}): **{word[verdict]}**. "
+                       + "; ".join(f"{k} {r[1]}" for k, r in zip(keys, results)) + ".")
+        seeds = per_seed.get(on, [])
+        wins = sum(r["moved_erc_only"] > r["moved_erc_kept"] for r in seeds)
+        verdict = 1 if seeds and wins == len(seeds) else -1 if seeds and wins == 0 else 0
+        out.append(f"- {algo}, criterion 4 (mechanism): **{word[verdict]}**. Mass moved on un-sampled tokens, ERC-only "
+                   f"vs kept tokens, per seed: " + ", ".join(f"{r['moved_erc_only']:.4f} vs {r['moved_erc_kept']:.4f}"
+                                                              for r in seeds) + ".")
+    return out
 
 
 def figure(curves, path):
