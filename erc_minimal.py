@@ -533,7 +533,7 @@ def diagnostics(old_model, model, batch, cfg):
                           ratio_in=~ratio_out, erc_only=erc_out & ~ratio_out)
             for (name, value), (group, member) in itertools.product(values.items(), groups.items()):
                 sums[name, group] = sums.get((name, group), 0.0) + value[member].sum()
-    out = {f"diag_{group}_frac": (sums["tokens", group] / sums["tokens", "all"]).item() for group in groups}
+    out = {f"diag_{g}_frac": (sums["tokens", g] / sums["tokens", "all"]).item() for g in groups if g != "all"}
     out.update({f"diag_{name}_{group}": (total / sums["tokens", group]).item()
                 for (name, group), total in sums.items() if name != "tokens" and sums["tokens", group] > 0})
     return out

@@ -21,7 +21,7 @@ def plot_metrics(out):
     fig, axes = plt.subplots(1, 3, figsize=(13, 3.4))
     evals = sorted({k for r in rows for k in r if k.startswith("eval_")})
     panels = (("reward / accuracy", ["reward"] + evals), ("entropy (old policy)", ["entropy"]),
-              ("clipped token fraction", ["clip_frac", "erc_clip_frac"]))
+              ("clipped token fraction", ["clip_frac", "erc_clip_frac", "erc_low_frac", "erc_high_frac"]))
     for ax, (title, keys) in zip(axes, panels):
         for key in keys:
             points = [(r["step"], r[key]) for r in rows if key in r]  # a skipped step has no entropy or clip stats
