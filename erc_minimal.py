@@ -775,8 +775,7 @@ def make_reporter(cfg):
         return report
     if cfg.report_to in ("wandb", "trackio"):  # trackio follows wandb's init / log
         tracker = importlib.import_module(cfg.report_to)
-        tracker.init(project="erc_minimal", name=os.path.basename(os.path.abspath(cfg.out)),
-                     config=dataclasses.asdict(cfg))
+        tracker.init(project="erc_minimal", name=Path(cfg.out).resolve().name, config=dataclasses.asdict(cfg))
         return lambda record: tracker.log(record, step=record["step"])
     return None
 
@@ -866,7 +865,8 @@ def train(cfg, model, tokenizer, data, eval_data=None, stop=()):
             first, last = ([r[key] for r in rows if key in r] for rows in (history[:10], history[-10:]))
             if first and last:
                 print(f"  {key}: {sum(first) / len(first):.3f} -> {sum(last) / len(last):.3f}")
-        print("  " + "  ".join(f"{k} {v:.3f}" for k, v in history[-1].items() if k.startswith("eval_")))
+        if any(k.startswith("eval_") for k in history[-1]):
+            print("  " + "  ".join(f"{k} {v:.3f}" for k, v in history[-1].items() if k.startswith("eval_")))
     return history
 
 
