@@ -566,7 +566,7 @@ def objective(logp, entropy, micro, minibatch, cfg):
 
 # ================================================================== update
 def autocast(cfg, device):
-    """--bf16: bf16 autocast around the model's forward (fp32 master weights); the output layer stays fp32."""
+    """--bf16: bf16 autocast around the model's forward (fp32 master weights); logits follow --logits-dtype."""
     return torch.autocast(device.type, dtype=torch.bfloat16, enabled=cfg.bf16)
 
 def plan_minibatches(n, cfg):

@@ -5,6 +5,7 @@
 
 Each mutation is applied to erc_minimal.py in a copy of the repository, the tests run there (the slow end-to-end
 and crash-recovery runs are left out), and the failing tests are listed. Exit code 1 if any survives."""
+import importlib.util
 import os
 import re
 import shutil
@@ -13,6 +14,7 @@ import sys
 import tempfile
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+XDIST = ["-n", "2"] if importlib.util.find_spec("xdist") else []  # the suite in two processes, as the README runs it
 SKIPPED = "not tiny_preset and not killed and not countdown_warm"  # slow end-to-end runs that check no formula
 
 # (name, exact text in erc_minimal.py, replacement)
@@ -190,7 +192,7 @@ def main():
             with open(os.path.join(tmp, "erc_minimal.py"), "w") as f:
                 f.write(source.replace(old, new))
             run = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "test_erc_minimal.py",
-                                  "-k", SKIPPED], cwd=tmp, capture_output=True, text=True)
+                                  "-k", SKIPPED, *XDIST], cwd=tmp, capture_output=True, text=True)
         failed = sorted({re.sub(r"\[.*", "", line.split("::")[1].split(" ")[0])
                          for line in run.stdout.splitlines() if line.startswith("FAILED")})
         print(f"{'caught' if failed else 'SURVIVED'}: {name}: {', '.join(failed[:3])}"
