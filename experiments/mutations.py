@@ -1,6 +1,6 @@
 """Mutation check: change one line of a formula in erc_minimal.py and confirm the test suite turns red.
 
-    python experiments/mutations.py            # every mutation, about 40 minutes on 2 CPU cores
+    python experiments/mutations.py            # every mutation, about 30 minutes on 2 CPU cores (pytest-xdist)
     python experiments/mutations.py erc gspo   # only those whose name contains one of these words
 
 Each mutation is applied to erc_minimal.py in a copy of the repository, the tests run there (the slow end-to-end
