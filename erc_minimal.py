@@ -511,12 +511,12 @@ def diagnostics(old_model, model, batch, cfg):
     sum_{v != y} |p_v - p_old,v|, pi's entropy. Token means over all tokens and over ERC's and the ratio's groups."""
     lo, hi = 1 - cfg.eps_low, 1 + cfg.eps_high
     rows, sums = torch.arange(len(batch["response_mask"])), {}  # sums[quantity, group]: a sum over tokens
+    w_old, w_new = (m.get_output_embeddings().weight.float() for m in (old_model, model))
     for idx in rows.split(cfg.micro_batch_size or len(rows)):
         micro = take(batch, idx)
         with autocast(cfg, model.device):
             h_old, y = response_hidden(old_model, micro["input_ids"], micro["attention_mask"], micro["response_mask"])
             h_new, _ = response_hidden(model, micro["input_ids"], micro["attention_mask"], micro["response_mask"])
-        w_old, w_new = (m.get_output_embeddings().weight.float() for m in (old_model, model))
         for h0, h1, t in zip(*(x.split(cfg.logprob_chunk) for x in (h_old, h_new, y))):  # [chunk, V] at a time
             logq0 = torch.log_softmax(h0.float() @ w_old.T / cfg.temperature, -1)  # log pi_old
             logq1 = torch.log_softmax(h1.float() @ w_new.T / cfg.temperature, -1)  # log pi

@@ -225,6 +225,8 @@ def build(steps=1000, log=print):
 
 # ------------------------------------------------------------------ RL runs and controls
 E.REWARDS["countdown"] = verify
+
+
 def base_argv(lab=LAB):
     """The flags every lab run shares: the lab's model, data and verifier, 16 prompts x 8 responses per step."""
     return ["--model", str(lab / "model"), "--dataset", str(lab / "train.jsonl"), "--eval-dataset",
@@ -275,7 +277,7 @@ def arms(quick=False):
     """(name, algo, erc, minibatches, lr): the main grid, then the controls (which need ERC's clip fraction)."""
     if quick:
         return [(f"gppo_erc{e}_mb8_lr{LRS[1]}", "gppo", e, 8, LRS[1]) for e in (0, 1)], \
-            [("gppo_dropout_mb8_lr" + str(LRS[1]), "gppo", "dropout", 8, LRS[1])]
+            [(f"gppo_dropout_mb8_lr{LRS[1]}", "gppo", "dropout", 8, LRS[1])]
     main = [(f"{a}_erc{e}_mb{m}_lr{lr}", a, e, m, lr) for a in ALGOS for lr in LRS for m in (1, 8) for e in (0, 1)]
     controls = [(f"{a}_{c}_mb8_lr{lr}", a, c, 8, lr) for a in ALGOS for lr in LRS for c in CONTROLS]
     return main, controls
