@@ -230,8 +230,8 @@ E.REWARDS["countdown"] = verify
 def base_argv(lab=LAB):
     """The flags every lab run shares: the lab's model, data and verifier, 16 prompts x 8 responses per step."""
     return ["--model", str(lab / "model"), "--dataset", str(lab / "train.jsonl"), "--eval-dataset",
-            str(lab / "test.jsonl"), "--reward", "countdown", "--prompts-per-step", "16", "--group-size", "8",
-            "--max-new-tokens", "16", "--warmup-steps", "10", "--eval-every", "20", "--eval-prompts", "128",
+            str(lab / "test.jsonl"), "--instruction", "", "--reward", "countdown", "--prompts-per-step", "16",
+            "--group-size", "8", "--max-new-tokens", "16", "--warmup-steps", "10", "--eval-every", "20", "--eval-prompts", "128",
             "--eval-samples", "8", "--threads", "1", "--log-every", "1000", "--diagnostics"]
 
 
