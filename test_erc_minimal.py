@@ -1520,14 +1520,22 @@ def test_unsupported_dataset_file_names_the_supported_types_and_idle_terms_are_n
 def test_entropy_and_response_len_are_per_trained_response_token(monkeypatch):
     """`entropy` is the old policy's mean entropy over the response tokens (padding excluded), from a float64 softmax
     of the pre-update model; `response_len` the mean number of tokens up to and including each response's first EOS,
-    counted from the sampled ids. A batch with responses of unequal length, so padding would change both."""
-    cfg = E.Config(preset="tiny", prompts_per_step=4, group_size=4, max_new_tokens=6, temperature=1.0)
+    counted from the sampled ids (responses of unequal length, so padding would change both); `reward` the mean of
+    the rewards the reward function returned; gen_time and train_time seconds within the step's wall time."""
+    calls = []
+    monkeypatch.setitem(E.REWARDS, "pattern", recording_reward(calls, lambda i: float(i % 3 == 0)))
+    cfg = E.Config(preset="tiny", prompts_per_step=4, group_size=4, max_new_tokens=6, temperature=1.0,
+                   reward="pattern")
     model, tok, optimizer, scheduler, rows = step_parts(cfg, seed=2)
     before = copy.deepcopy(model).double()
     seen = []
     rollout = E.rollout
     monkeypatch.setattr(E, "rollout", lambda *a, **k: seen.append(rollout(*a, **k)) or seen[-1])
+    start = time.time()
     record = E.train_step(cfg, model, model, optimizer, scheduler, tok, rows)
+    assert 0 < record["gen_time"] and 0 < record["train_time"] and record["gen_time"] + record["train_time"] <= \
+        time.time() - start
+    assert record["reward"] == pytest.approx(sum(calls) / len(calls)) and len(calls) == 16  # `reward`: their mean
     ids, attention, response_mask = seen[0]
     completions = ids[:, -cfg.max_new_tokens:].tolist()
     lengths = [row.index(0) + 1 if 0 in row else len(row) for row in completions]  # eos id 0, included
