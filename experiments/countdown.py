@@ -2,7 +2,7 @@
 and controls that tell ERC apart from a smaller step.
 
     python experiments/countdown.py build            # task, tokenizer, warm-started model (once, <= 5 min)
-    python experiments/countdown.py grid --quick     # the README's subset (<= 15 min on 2 cores)
+    python experiments/countdown.py grid --quick     # the lab's quick subset (<= 15 min on 2 cores)
     python experiments/countdown.py grid             # the whole grid (runs are reused: it resumes)
     python experiments/countdown.py report           # docs/countdown.md table and docs/countdown.png figure
 
@@ -394,7 +394,7 @@ def report(quick=False):
 
 
 def verdicts(table, per_seed):
-    """The README's four criteria, answered from the table (means and standard deviations over seeds)."""
+    """The lab's four criteria (docs/labs.md), answered from the table (means and standard deviations over seeds)."""
     out, hi = [], LRS[1]
 
     def compare(on, off, key, higher_is_better):
@@ -464,7 +464,7 @@ def figure(curves, path, lr):
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("command", choices=("build", "grid", "report"))
-    parser.add_argument("--quick", action="store_true", help="grid: the README's subset")
+    parser.add_argument("--quick", action="store_true", help="grid: the quick subset")
     parser.add_argument("--workers", type=int, default=2, help="grid: runs in parallel, one thread each")
     args = parser.parse_args()
     if args.command == "build":
