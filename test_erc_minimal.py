@@ -1729,3 +1729,27 @@ def test_step_page_train_step_is_the_scripts_update():
     E.train_on_batch(model, optimizer, batch, minibatches, cfg)
     assert all(torch.allclose(p, q, atol=1e-6) for p, q in zip(model.parameters(), twin.parameters()))
     assert not all(torch.equal(p, q) for p, q in zip(model.parameters(), tiny_model_and_tokenizer(seed=5)[0].parameters()))
+
+
+# ------------------------------------------------------------------ experiments/compare.py
+def test_compare_groups_runs_into_arms_and_pools_seeds(tmp_path, capsys):
+    """Four tiny runs (ERC off / on x seeds 0, 1) make two arms named by the field that differs; each cell is the
+    mean ± std over its seeds of a number read back from the runs' own metrics (here the first step's entropy and
+    the last evaluation), and the figure is drawn."""
+    pytest.importorskip("matplotlib", reason="the figure needs matplotlib")
+    tool = load_script(os.path.join(os.path.dirname(E.__file__), "experiments", "compare.py"))
+    folders = []
+    for erc in (False, True):
+        for seed in (0, 1):
+            folders.append(str(tmp_path / f"erc{erc}_seed{seed}"))
+            E.main(tiny_argv(folders[-1], "--steps", "4", "--seed", str(seed), "--eval-every", "4",
+                             "--eval-prompts", "8", *(["--erc"] * erc)))
+    values, lines = tool.compare(folders)
+    assert sorted(values) == ["erc=False", "erc=True"]
+    for arm, runs in (("erc=False", folders[:2]), ("erc=True", folders[2:])):
+        rows = [E.read_jsonl(os.path.join(run, "metrics.jsonl")) for run in runs]
+        assert values[arm]["entropy_start"] == [r[0]["entropy"] for r in rows]
+        assert values[arm]["eval_avg@4"] == [r[-1]["eval_avg@4"] for r in rows]
+    assert "erc_clip_frac_after_first" in values["erc=True"] and lines[0].endswith("differs? |")
+    tool.main([*folders, "--figure", str(tmp_path / "compare.png")])
+    assert (tmp_path / "compare.png").stat().st_size > 0 and "| entropy_start |" in capsys.readouterr().out

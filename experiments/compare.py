@@ -1,0 +1,114 @@
+"""Compare runs of erc_minimal.py: arms by their config.json, seeds pooled, mean ± std per arm.
+
+    python experiments/compare.py runs/a_seed0 runs/a_seed1 runs/b_seed0 runs/b_seed1
+    python experiments/compare.py runs/* --figure runs/compare.png
+
+Runs whose config.json differ only in --seed (and --out) form one arm, named by the fields that differ between
+arms. For each arm: held-out metrics at the last evaluation, the entropy at the first and last step, the standard
+deviation of step-to-step entropy changes, the clip and ERC-clip fractions after the first mini-batch (means over
+steps), the largest grad norm, and the diag_* means when logged. With two arms, each row says whether the
+difference of the means exceeds the larger of the two standard deviations. Reads only metrics.jsonl and
+config.json, so runs from any machine compare.
+"""
+import argparse
+import json
+import statistics
+import sys
+from pathlib import Path
+
+IGNORED = ("seed", "out", "resume", "overwrite")  # what differs between the seeds of one arm
+
+
+def run_summary(rows):
+    """One run's numbers, from its metrics.jsonl records."""
+    entropy = [r["entropy"] for r in rows if "entropy" in r]
+    summary = {"entropy_start": entropy[0], "entropy_end": entropy[-1]}
+    if len(entropy) > 2:
+        summary["entropy_change_sd"] = statistics.stdev(b - a for a, b in zip(entropy, entropy[1:]))
+    for key in ("clip_frac_after_first", "erc_clip_frac_after_first"):
+        values = [r[key] for r in rows if key in r]
+        if values:
+            summary[key] = statistics.mean(values)
+    summary["grad_norm_max"] = max(r["grad_norm_max"] for r in rows if "grad_norm_max" in r)
+    evaluations = [r for r in rows if "eval_greedy" in r]
+    if evaluations:
+        summary.update({k: v for k, v in evaluations[-1].items() if k.startswith("eval_")})
+    for key in sorted({k for r in rows for k in r if k.startswith("diag_")}):
+        summary[key] = statistics.mean(r[key] for r in rows if key in r)
+    return summary
+
+
+def arms_of(folders):
+    """{arm name: [folder, ...]}: runs grouped by their config.json without the seed."""
+    configs = {folder: json.loads((Path(folder) / "config.json").read_text()) for folder in folders}
+    keys = sorted({k for c in configs.values() for k in c if k not in IGNORED})
+    differing = [k for k in keys if len({json.dumps(c.get(k)) for c in configs.values()}) > 1]
+    arms = {}
+    for folder, config in configs.items():
+        name = ", ".join(f"{k}={config.get(k)}" for k in differing) or "all"
+        arms.setdefault(name, []).append(folder)
+    return arms
+
+
+def compare(folders):
+    """{arm: {metric: [value per seed]}} and the table's lines."""
+    values = {}
+    for arm, runs in arms_of(folders).items():
+        summaries = [run_summary([json.loads(line) for line in (Path(run) / "metrics.jsonl").read_text().splitlines()])
+                     for run in runs]
+        values[arm] = {k: [s[k] for s in summaries if k in s] for k in summaries[0]}
+    arms = list(values)
+    metrics = [k for k in values[arms[0]] if all(k in values[a] for a in arms)]
+    spread = lambda xs: statistics.stdev(xs) if len(xs) > 1 else 0.0
+    header = ["metric", *(f"{a} (n={len(values[a][metrics[0]])})" for a in arms)] + (["differs?"] * (len(arms) == 2))
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for metric in metrics:
+        cells = [f"{statistics.mean(values[a][metric]):.4g} ± {spread(values[a][metric]):.2g}" for a in arms]
+        if len(arms) == 2:
+            (a, b) = (values[arm][metric] for arm in arms)
+            gap = abs(statistics.mean(a) - statistics.mean(b))
+            cells.append("yes" if gap > max(spread(a), spread(b)) else "no")
+        lines.append(f"| {metric} | " + " | ".join(cells) + " |")
+    return values, lines
+
+
+def figure(folders, path):
+    """reward, entropy and held-out greedy accuracy per step: each arm's mean with a band of ± one std."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    fig, axes = plt.subplots(1, 3, figsize=(13, 3.2))
+    for arm, runs in arms_of(folders).items():
+        rows = [[json.loads(line) for line in (Path(run) / "metrics.jsonl").read_text().splitlines()] for run in runs]
+        for ax, key in zip(axes, ("reward", "entropy", "eval_greedy")):
+            steps = sorted({r["step"] for run in rows for r in run if key in r})
+            per_step = [[r[key] for run in rows for r in run if r["step"] == s and key in r] for s in steps]
+            mean = [statistics.mean(v) for v in per_step]
+            sd = [statistics.stdev(v) if len(v) > 1 else 0.0 for v in per_step]
+            ax.plot(steps, mean, label=arm)
+            ax.fill_between(steps, [m - s for m, s in zip(mean, sd)], [m + s for m, s in zip(mean, sd)], alpha=0.2)
+            ax.set_title(key)
+            ax.set_xlabel("step")
+    axes[0].legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=80)
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("runs", nargs="+", help="run folders (each with config.json and metrics.jsonl)")
+    parser.add_argument("--figure", help="also draw reward, entropy and held-out accuracy bands to this PNG")
+    args = parser.parse_args(argv)
+    missing = [r for r in args.runs if not (Path(r) / "metrics.jsonl").exists() or not (Path(r) / "config.json").exists()]
+    if missing:
+        print(f"compare.py: error: {missing[0]} has no metrics.jsonl and config.json", file=sys.stderr)
+        sys.exit(2)
+    _, lines = compare(args.runs)
+    print("\n".join(lines))
+    if args.figure:
+        figure(args.runs, args.figure)
+    return lines
+
+
+if __name__ == "__main__":
+    main()
