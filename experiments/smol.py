@@ -74,8 +74,9 @@ def report():
     done = [re.search(r"done: 30 steps, (\d+) s|done in (\d+) s", (RUNS / f"seed{s}.log").read_text()) for s in SEEDS]
     run_seconds = [float(match.group(1) or match.group(2)) for match in done]  # the run's own "done" line
     lines += ["", f"Seconds per step (generation + update, two runs at a time, one thread each, with tests sharing the "
-              f"2 cores part of the time): {mean_std(seconds)}; a whole run {mean_std(run_seconds)} s. With both "
-              "cores (2 threads) a step took 19-22 s in a trial run, so a run of the preset is about 15 minutes.",
+              f"2 cores part of the time): {mean_std(seconds)}; a whole run {mean_std(run_seconds)} s. On 2 quiet "
+              "cores (2 threads) steps 2-4 of the preset took 16.7-19.4 s (step 1: 25.8 s), so a run of the preset "
+              "is about 13 minutes (an estimate from those steps, not a timed run).",
               "", "Per seed (greedy start -> end): " + ", ".join(
                   f"seed {s}: {a['eval_greedy']:.3f} -> {b['eval_greedy']:.3f}" for s, a, b in zip(SEEDS, start, end))]
     diag_path = RUNS / "diagnostics_seed0" / "metrics.jsonl"
