@@ -726,8 +726,8 @@ def evaluate(model, tokenizer, data, cfg):
                                             cfg.static_cache, cfg.eval_top_p)
             rewards.append(response_rewards(tokenizer, ids, response_mask, rows["answer"], k, cfg.reward).view(-1, k))
         return torch.cat(rewards)
-    greedy, k = rewards_of(1, 0.0), cfg.eval_samples
-    sampled = rewards_of(k, cfg.eval_temperature)
+    k = cfg.eval_samples
+    greedy, sampled = rewards_of(1, 0.0), rewards_of(k, cfg.eval_temperature)  # one seeded stream, in order
     return {"eval_greedy": greedy.mean().item(), f"eval_avg@{k}": sampled.mean().item(),
             f"eval_pass@{k}": (sampled > 0).any(1).float().mean().item()}
 

@@ -72,7 +72,7 @@ def report():
                  f"{window(last10, 'reward')} | {window(last10, 'response_len')} | {window(last10, 'entropy')} |")
     seconds = [sum(r["gen_time"] + r.get("train_time", 0) for r in rows) / len(rows) for rows in runs]
     done = [re.search(r"done: 30 steps, (\d+) s|done in (\d+) s", (RUNS / f"seed{s}.log").read_text()) for s in SEEDS]
-    run_seconds = [float(match.group(1) or match.group(2)) for match in done]  # the run's own "done" line
+    run_seconds = [float(match.group(1) or match.group(2)) for match in done]  # "done: ..." before commit 581c013
     lines += ["", f"Seconds per step (generation + update, two runs at a time, one thread each, with tests sharing the "
               f"2 cores part of the time): {mean_std(seconds)}; a whole run {mean_std(run_seconds)} s. On 2 quiet "
               "cores (2 threads) steps 2-4 of the preset took 16.7-19.4 s (step 1: 25.8 s), so a run of the preset "
