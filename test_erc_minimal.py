@@ -3,6 +3,7 @@ docs/equations.md, never from the function under test. Run: python -m pytest -q 
 import copy
 import hashlib
 import importlib.util
+import json
 import math
 import os
 import signal
@@ -1753,3 +1754,54 @@ def test_compare_groups_runs_into_arms_and_pools_seeds(tmp_path, capsys):
     assert "erc_clip_frac_after_first" in values["erc=True"] and lines[0].endswith("differs? |")
     tool.main([*folders, "--figure", str(tmp_path / "compare.png")])
     assert (tmp_path / "compare.png").stat().st_size > 0 and "| entropy_start |" in capsys.readouterr().out
+
+
+def test_compare_names_arms_and_tells_a_difference_from_the_seed_spread(tmp_path, capsys):
+    """A difference counts when the gap of the means exceeds the larger of the two standard deviations (worked
+    by hand below); arms named on the command line stay apart even when their config.json files are equal (a fork
+    that patched a function), and naming only some of them is one error line."""
+    tool = load_script(os.path.join(os.path.dirname(E.__file__), "experiments", "compare.py"))
+    assert tool.differs([1.0, 2.0, 3.0], [4.5, 5.0, 5.5]) == -1  # gap -3, spreads 1 and 0.5
+    assert tool.differs([1.0, 2.0, 3.0], [2.5, 2.5, 2.5]) == 0  # gap -0.5 within 1
+    assert tool.differs([3.0, 3.2], [1.0, 2.0]) == 1  # gap 1.6, spreads 0.14 and 0.71
+    assert tool.differs([3.0, 3.2], [2.0, 3.0]) == 0  # gap 0.6 within 0.71 (not within 0.14)
+    folders = []
+    for i, entropy in enumerate([[1.0, 0.9, 0.7], [1.2, 1.0, 0.9], [2.0, 1.9, 1.9], [2.2, 2.0, 2.1]]):
+        folder = tmp_path / f"run{i}"
+        folder.mkdir()
+        (folder / "config.json").write_text(json.dumps({"algo": "gppo", "seed": i % 2}))
+        (folder / "metrics.jsonl").write_text("".join(json.dumps({"step": t + 1, "entropy": h, "grad_norm_max": 1.0})
+                                                      + "\n" for t, h in enumerate(entropy)))
+        folders.append(str(folder))
+    lines = tool.main([f"base={folders[0]},{folders[1]}", f"mine={folders[2]},{folders[3]}"])
+    assert lines[0] == "| metric | base (n=2) | mine (n=2) | differs? |"
+    assert "| entropy_start | 1.1 ± 0.14 | 2.1 ± 0.14 | yes |" in lines
+    assert "| entropy_end | 0.8 ± 0.14 | 2 ± 0.14 | yes |" in lines
+    with pytest.raises(SystemExit) as exit_info:
+        tool.main([f"base={folders[0]}", folders[2]])
+    assert exit_info.value.code == 2 and "name every arm" in capsys.readouterr().err
+
+
+def test_smol_grid_answers_its_criteria_from_per_seed_values():
+    """The smol grid's four pre-registered criteria (docs/labs.md) on hand-made per-seed values: ERC's entropy
+    changes are steadier beyond the spread and the 1-mini-batch pair agrees (for), until a dropout control is as
+    steady (inconclusive); pass@4 is lower (against); greedy higher but avg@4 within the spread (inconclusive);
+    moved mass ERC-only / kept above 1 in two of three seeds (inconclusive), in all three (for)."""
+    grid = load_script(os.path.join(os.path.dirname(E.__file__), "experiments", "smol_grid.py"))
+    on = {"entropy_change_sd": [0.10, 0.11, 0.12], "eval_pass@4": [0.5, 0.5, 0.5], "eval_greedy": [0.9, 0.9, 0.9],
+          "eval_avg@4": [0.5, 0.5, 0.5], "diag_moved_unsampled_erc_only": [0.03, 0.03, 0.03],
+          "diag_moved_unsampled_erc_kept": [0.02, 0.02, 0.04]}
+    off = {"entropy_change_sd": [0.20, 0.21, 0.22], "eval_pass@4": [0.9, 0.9, 0.9], "eval_greedy": [0.5, 0.6, 0.7],
+           "eval_avg@4": [0.5, 0.52, 0.48], "diag_moved_unsampled_erc_only": [0.01] * 3,
+           "diag_moved_unsampled_erc_kept": [0.02] * 3}
+    one_minibatch = {"entropy_change_sd": [0.15]}
+    values = {"gppo_erc": on, "gppo": off, "gppo_mb1": one_minibatch, "gppo_erc_mb1": one_minibatch}
+    verdicts = [line.split("**")[1] for line in grid.verdicts(values)]
+    assert verdicts == ["for", "against", "inconclusive", "inconclusive"]
+    assert "gppo_erc 1.50, 1.50, 0.75; gppo 0.50, 0.50, 0.50" in grid.verdicts(values)[3]
+    values["gppo_erc_dropout"] = dict(on, entropy_change_sd=[0.12, 0.12, 0.12])
+    on["diag_moved_unsampled_erc_kept"] = [0.02, 0.02, 0.02]
+    assert [line.split("**")[1] for line in grid.verdicts(values)] == ["inconclusive", "against", "inconclusive", "for"]
+    values["gppo_erc_mb1"] = {"entropy_change_sd": [0.25]}
+    del values["gppo_erc_dropout"]
+    assert grid.verdicts(values)[0].startswith("1. Entropy stable: **inconclusive**")  # ERC acted at 1 mini-batch

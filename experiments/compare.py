@@ -2,9 +2,11 @@
 
     python experiments/compare.py runs/a_seed0 runs/a_seed1 runs/b_seed0 runs/b_seed1
     python experiments/compare.py runs/* --figure runs/compare.png
+    python experiments/compare.py base=runs/a_seed0,runs/a_seed1 mine=runs/b_seed0,runs/b_seed1
 
 Runs whose config.json differ only in --seed (and --out) form one arm, named by the fields that differ between
-arms. For each arm: held-out metrics at the last evaluation, the entropy at the first and last step, the standard
+arms; or name the arms yourself, NAME=RUN,RUN,... (for runs whose configs are equal, as when a fork patched a
+function). For each arm: held-out metrics at the last evaluation, the entropy at the first and last step, the standard
 deviation of step-to-step entropy changes, the clip and ERC-clip fractions after the first mini-batch (means over
 steps), the largest grad norm, and the diag_* means when logged. With two arms, each row says whether the
 difference of the means exceeds the larger of the two standard deviations. Reads only metrics.jsonl and
@@ -50,35 +52,45 @@ def arms_of(folders):
     return arms
 
 
-def compare(folders):
-    """{arm: {metric: [value per seed]}} and the table's lines."""
-    values = {}
-    for arm, runs in arms_of(folders).items():
+def spread(values):
+    return statistics.stdev(values) if len(values) > 1 else 0.0
+
+
+def differs(a, b):
+    """+1 if the mean of a exceeds that of b by more than the larger of their standard deviations, -1 if it falls
+    short by that much, else 0."""
+    gap, margin = statistics.mean(a) - statistics.mean(b), max(spread(a), spread(b))
+    return (gap > margin) - (-gap > margin)
+
+
+def compare(arms):
+    """{arm: {metric: [value per seed]}} and the table's lines; `arms` is a list of run folders (grouped by
+    arms_of) or {arm name: [run folder, ...]}."""
+    arms, values = arms if isinstance(arms, dict) else arms_of(arms), {}
+    for arm, runs in arms.items():
         summaries = [run_summary([json.loads(line) for line in (Path(run) / "metrics.jsonl").read_text().splitlines()])
                      for run in runs]
         values[arm] = {k: [s[k] for s in summaries if k in s] for k in summaries[0]}
     arms = list(values)
     metrics = [k for k in values[arms[0]] if all(k in values[a] for a in arms)]
-    spread = lambda xs: statistics.stdev(xs) if len(xs) > 1 else 0.0
     header = ["metric", *(f"{a} (n={len(values[a][metrics[0]])})" for a in arms)] + (["differs?"] * (len(arms) == 2))
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for metric in metrics:
         cells = [f"{statistics.mean(values[a][metric]):.4g} ± {spread(values[a][metric]):.2g}" for a in arms]
         if len(arms) == 2:
-            (a, b) = (values[arm][metric] for arm in arms)
-            gap = abs(statistics.mean(a) - statistics.mean(b))
-            cells.append("yes" if gap > max(spread(a), spread(b)) else "no")
+            cells.append("yes" if differs(*(values[arm][metric] for arm in arms)) else "no")
         lines.append(f"| {metric} | " + " | ".join(cells) + " |")
     return values, lines
 
 
-def figure(folders, path):
-    """reward, entropy and held-out greedy accuracy per step: each arm's mean with a band of ± one std."""
+def figure(arms, path):
+    """reward, entropy and held-out greedy accuracy per step: each arm's mean with a band of ± one std; `arms` as
+    in compare."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     fig, axes = plt.subplots(1, 3, figsize=(13, 3.2))
-    for arm, runs in arms_of(folders).items():
+    for arm, runs in (arms if isinstance(arms, dict) else arms_of(arms)).items():
         rows = [[json.loads(line) for line in (Path(run) / "metrics.jsonl").read_text().splitlines()] for run in runs]
         for ax, key in zip(axes, ("reward", "entropy", "eval_greedy")):
             steps = sorted({r["step"] for run in rows for r in run if key in r})
@@ -96,17 +108,24 @@ def figure(folders, path):
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("runs", nargs="+", help="run folders (each with config.json and metrics.jsonl)")
+    parser.add_argument("runs", nargs="+", help="run folders (each with config.json and metrics.jsonl), or arms "
+                        "NAME=RUN,RUN,...")
     parser.add_argument("--figure", help="also draw reward, entropy and held-out accuracy bands to this PNG")
     args = parser.parse_args(argv)
-    missing = [r for r in args.runs if not (Path(r) / "metrics.jsonl").exists() or not (Path(r) / "config.json").exists()]
+    named = [arg.partition("=") for arg in args.runs]
+    if any(sep for _, sep, _ in named) and not all(name and sep and runs for name, sep, runs in named):
+        print("compare.py: error: name every arm (NAME=RUN,RUN,...) or none", file=sys.stderr)
+        sys.exit(2)
+    arms = {name: runs.split(",") for name, sep, runs in named} if named[0][1] else args.runs
+    folders = [r for runs in arms.values() for r in runs] if isinstance(arms, dict) else arms
+    missing = [r for r in folders if not (Path(r) / "metrics.jsonl").exists() or not (Path(r) / "config.json").exists()]
     if missing:
         print(f"compare.py: error: {missing[0]} has no metrics.jsonl and config.json", file=sys.stderr)
         sys.exit(2)
-    _, lines = compare(args.runs)
+    _, lines = compare(arms)
     print("\n".join(lines))
     if args.figure:
-        figure(args.runs, args.figure)
+        figure(arms, args.figure)
     return lines
 
 

@@ -29,7 +29,9 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import erc_minimal as E  # noqa: E402
+from compare import differs, run_summary  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 LAB = ROOT / "runs" / "countdown"  # model folder, data files and runs (not committed)
@@ -326,22 +328,22 @@ def grid(quick=False, workers=2, seeds=SEEDS, steps=STEPS):
 
 
 def per_run(rows, final):
-    """One run's numbers: entropy stability, held-out results, clipping, grad norms, the diagnostics."""
-    entropy = [r["entropy"] for r in rows if "entropy" in r]
-    changes = [b - a for a, b in zip(entropy, entropy[1:])]
+    """One run's numbers: compare.py's summary of its metrics (entropy stability, grad norms, the diagnostics), the
+    held-out measurement of its last checkpoint, and the lab's means over steps."""
+    summary, entropy = run_summary(rows), [r["entropy"] for r in rows if "entropy" in r]
 
     def mean_of(key):
         values = [r[key] for r in rows if key in r]
         return sum(values) / len(values) if values else float("nan")
 
-    return dict(entropy_change_sd=statistics.pstdev(changes), min_entropy=min(entropy),
+    return dict(entropy_change_sd=summary["entropy_change_sd"], min_entropy=min(entropy),
                 final_entropy=sum(entropy[-10:]) / 10, reward=mean_of("reward"), greedy=final["greedy"],
                 avg8=final["avg"], pass8=final["pass_k"], distinct=final["distinct"], clip=mean_of("clip_frac"),
                 erc_clip=mean_of("erc_clip_frac"), erc_low=mean_of("erc_low_frac"), erc_high=mean_of("erc_high_frac"),
-                grad_norm_max=max(r["grad_norm_max"] for r in rows if "grad_norm_max" in r),
-                no_signal=mean_of("no_signal_frac"), moved_erc_only=mean_of("diag_moved_unsampled_erc_only"),
-                moved_erc_kept=mean_of("diag_moved_unsampled_erc_kept"),
-                moved_ratio_out=mean_of("diag_moved_unsampled_ratio_out"), seconds=final["seconds"])
+                grad_norm_max=summary["grad_norm_max"], no_signal=mean_of("no_signal_frac"),
+                moved_erc_only=summary.get("diag_moved_unsampled_erc_only", float("nan")),
+                moved_erc_kept=summary.get("diag_moved_unsampled_erc_kept", float("nan")),
+                moved_ratio_out=summary.get("diag_moved_unsampled_ratio_out", float("nan")), seconds=final["seconds"])
 
 
 def load(name, seeds):
@@ -400,8 +402,8 @@ def verdicts(table, per_seed):
     def compare(on, off, key, higher_is_better):
         """+1 if ERC beats no ERC on `key` by more than the seed spread, -1 if it loses by that much, else 0."""
         (m_on, s_on), (m_off, s_off) = table[on][key], table[off][key]
-        margin = (m_on - m_off) * (1 if higher_is_better else -1)
-        return (margin > max(s_on, s_off)) - (-margin > max(s_on, s_off)), f"{m_on:.3f} ± {s_on:.3f} vs {m_off:.3f} ± {s_off:.3f}"
+        sign = differs([r[key] for r in per_seed[on]], [r[key] for r in per_seed[off]])
+        return sign * (1 if higher_is_better else -1), f"{m_on:.3f} ± {s_on:.3f} vs {m_off:.3f} ± {s_off:.3f}"
 
     word = {1: "for", -1: "against", 0: "inconclusive"}
     for algo in ALGOS:
@@ -413,8 +415,9 @@ def verdicts(table, per_seed):
         controls = {c: table[f"{algo}_{c}_mb8_lr{hi}"]["entropy_change_sd"][0] for c in CONTROLS
                     if f"{algo}_{c}_mb8_lr{hi}" in table}
         matched = [c for c, m in controls.items() if m <= erc_mean + erc_sd]
-        one = [table.get(f"{algo}_erc{e}_mb1_lr{hi}", {}).get("entropy_change_sd") for e in (1, 0)]
-        absent = None not in one and abs(one[0][0] - one[1][0]) < max(one[0][1], one[1][1])
+        names = [f"{algo}_erc{e}_mb1_lr{hi}" for e in (1, 0)]
+        one = [table.get(name, {}).get("entropy_change_sd") for name in names]
+        absent = None not in one and not differs(*([r["entropy_change_sd"] for r in per_seed[n]] for n in names))
         verdict = 1 if sign == 1 and not matched and absent else -1 if sign == -1 else 0
         out.append(f"- {algo}, criterion 1 (entropy stable): **{word[verdict]}**. SD of step-to-step entropy changes "
                    f"with / without ERC {text}; controls {', '.join(f'{c} {m:.3f}' for c, m in controls.items())}"

@@ -1,4 +1,5 @@
-"""Mutation check: change one line of a formula in erc_minimal.py and confirm the test suite turns red.
+"""Mutation check: change one line of a formula in erc_minimal.py (or an experiment's rule) and confirm the test
+suite turns red.
 
     python experiments/mutations.py            # every mutation, about 30 minutes on 2 CPU cores (pytest-xdist)
     python experiments/mutations.py erc gspo   # only those whose name contains one of these words
@@ -17,7 +18,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 XDIST = ["-n", "2"] if importlib.util.find_spec("xdist") else []  # the suite in two processes, as the README runs it
 SKIPPED = "not tiny_preset and not killed and not countdown_warm and not real_model"  # slow runs, no formula
 
-# (name, exact text in erc_minimal.py, replacement)
+# (name, exact text in erc_minimal.py, replacement[, the file instead of erc_minimal.py])
 MUTATIONS = [
     ("ppo-clip: flip the sign of the unclipped term",
      "torch.maximum(-A * ratio, -A * ratio.clamp(lo, hi))", "torch.maximum(A * ratio, -A * ratio.clamp(lo, hi))"),
@@ -200,20 +201,29 @@ MUTATIONS = [
     ("noise floor: first mini-batch ratio error not measured",
      'first_log_ratio.append((logp - micro["old_logp"]).detach()[valid])',
      'first_log_ratio.append((logp - logp).detach()[valid])'),
+    ("compare: a difference counts when it exceeds the smaller seed spread",
+     "max(spread(a), spread(b))", "min(spread(a), spread(b))", "experiments/compare.py"),
+    ("smol grid: higher entropy-change SD read as steadier",
+     "sign = -differs(on[key], off[key])", "sign = differs(on[key], off[key])", "experiments/smol_grid.py"),
+    ("smol grid: accuracy for when any metric favours ERC",
+     "verdict = 1 if all(x == 1 for x in signs)", "verdict = 1 if 1 in signs", "experiments/smol_grid.py"),
+    ("smol grid: mechanism ratio upside down",
+     "wins = sum(x > 1 for x in ratios", "wins = sum(x < 1 for x in ratios", "experiments/smol_grid.py"),
 ]
 
 
 def main():
-    with open(os.path.join(ROOT, "erc_minimal.py")) as f:
-        source = f.read()
     chosen = [m for m in MUTATIONS if not sys.argv[1:] or any(word in m[0] for word in sys.argv[1:])]
     survivors = []
-    for name, old, new in chosen:
-        assert source.count(old) == 1, f"mutation {name!r}: text found {source.count(old)} times"
+    for name, old, new, *where in chosen:
+        path = where[0] if where else "erc_minimal.py"
+        with open(os.path.join(ROOT, path)) as f:
+            source = f.read()
+        assert source.count(old) == 1, f"mutation {name!r}: text found {source.count(old)} times in {path}"
         with tempfile.TemporaryDirectory() as tmp:
             tmp = os.path.join(tmp, "repo")  # the whole tree: some tests run experiments/ scripts and docs/ patches
             shutil.copytree(ROOT, tmp, ignore=shutil.ignore_patterns(".git", ".venv", "runs", "__pycache__", ".pytest_cache"))
-            with open(os.path.join(tmp, "erc_minimal.py"), "w") as f:
+            with open(os.path.join(tmp, path), "w") as f:
                 f.write(source.replace(old, new))
             run = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "test_erc_minimal.py",
                                   "-k", SKIPPED, *XDIST], cwd=tmp, capture_output=True, text=True)

