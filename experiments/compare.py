@@ -97,8 +97,11 @@ def figure(arms, path):
             per_step = [[r[key] for run in rows for r in run if r["step"] == s and key in r] for s in steps]
             mean = [statistics.mean(v) for v in per_step]
             sd = [statistics.stdev(v) if len(v) > 1 else 0.0 for v in per_step]
-            ax.plot(steps, mean, label=arm)
-            ax.fill_between(steps, [m - s for m, s in zip(mean, sd)], [m + s for m, s in zip(mean, sd)], alpha=0.2)
+            if len(steps) < 4:  # a few evaluations: points with error bars, a band would not show
+                ax.errorbar(steps, mean, yerr=sd, marker="o", capsize=3, label=arm)
+            else:
+                ax.plot(steps, mean, label=arm)
+                ax.fill_between(steps, [m - s for m, s in zip(mean, sd)], [m + s for m, s in zip(mean, sd)], alpha=0.2)
             ax.set_title(key)
             ax.set_xlabel("step")
     axes[0].legend(fontsize=7)
