@@ -3,7 +3,6 @@ SmolLM2-135M-Instruct, at 8 mini-batches, 3 seeds each. The criteria are in docs
 
     python experiments/smol_grid.py grid     # the jobs below, in order, two at a time with one thread each
     python experiments/smol_grid.py report   # docs/smol_grid.md and docs/smol_grid.png, through compare.py
-    python experiments/smol_grid.py report   # docs/smol_grid.md and docs/smol_grid.png, through compare.py
 
 `grid` runs erc_minimal's own main in a fresh process per job and skips finished jobs (stopped, it resumes from
 the last checkpoint). Jobs run in the order of JOBS: when time runs out, the arms at the end are the ones dropped.
@@ -74,7 +73,8 @@ def one(job):
 
 def grid():
     started = time.time()
-    with ProcessPoolExecutor(2, mp_context=multiprocessing.get_context("spawn")) as pool:
+    # one process per job: the dropout control's patched E.erc_band_exits must not reach the next job
+    with ProcessPoolExecutor(2, mp_context=multiprocessing.get_context("spawn"), max_tasks_per_child=1) as pool:
         for arm, seed, seconds in pool.map(one, JOBS):
             print(f"{time.time() - started:6.0f} s  {arm} seed {seed} done ({seconds:.0f} s)", flush=True)
     print(f"grid: {time.time() - started:.0f} s")
