@@ -4,7 +4,7 @@ SmolLM2-135M-Instruct, at 8 mini-batches, 3 seeds each. The criteria are in docs
     python experiments/smol_grid.py grid     # the jobs below, in order, two at a time with one thread each
     python experiments/smol_grid.py report   # docs/smol_grid.md and docs/smol_grid.png, through compare.py
 
-`grid` runs erc_minimal's own main in a fresh process per job and skips finished jobs (stopped, it resumes from
+`grid` runs erc_minimal's own main in two worker processes and skips finished jobs (stopped, it resumes from
 the last checkpoint). Jobs run in the order of JOBS: when time runs out, the arms at the end are the ones dropped.
 The dropout control replaces the ERC gate E.erc_band_exits with a random one at ERC's measured clip fraction (the
 Countdown lab's control); its folder's control.json says so, since its config.json equals the ERC arm's.
@@ -62,19 +62,22 @@ def one(job):
     started = time.time()
     argv = COMMON + ARMS[arm] + ["--seed", str(seed), "--out", str(out)]
     argv += ["--resume"] if E.checkpoints(str(out)) else ["--overwrite"]
+    original = E.erc_band_exits
     if arm == "gppo_erc_dropout":
         from countdown import dropout_gate
         fraction = erc_fraction()
         (out / "control.json").write_text(json.dumps(dict(gate="dropout", fraction=fraction)))
         E.erc_band_exits = dropout_gate(fraction)
-    E.main(argv)
+    try:
+        E.main(argv)
+    finally:  # a worker runs several jobs: the next one gets ERC's own gate back
+        E.erc_band_exits = original
     return arm, seed, time.time() - started
 
 
 def grid():
     started = time.time()
-    # one process per job: the dropout control's patched E.erc_band_exits must not reach the next job
-    with ProcessPoolExecutor(2, mp_context=multiprocessing.get_context("spawn"), max_tasks_per_child=1) as pool:
+    with ProcessPoolExecutor(2, mp_context=multiprocessing.get_context("spawn")) as pool:
         for arm, seed, seconds in pool.map(one, JOBS):
             print(f"{time.time() - started:6.0f} s  {arm} seed {seed} done ({seconds:.0f} s)", flush=True)
     print(f"grid: {time.time() - started:.0f} s")
