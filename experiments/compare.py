@@ -21,6 +21,11 @@ from pathlib import Path
 IGNORED = ("seed", "out", "resume", "overwrite")  # what differs between the seeds of one arm
 
 
+def read_metrics(run):
+    """A run folder's metrics.jsonl: one record per step."""
+    return [json.loads(line) for line in (Path(run) / "metrics.jsonl").read_text().splitlines()]
+
+
 def run_summary(rows):
     """One run's numbers, from its metrics.jsonl records."""
     entropy = [r["entropy"] for r in rows if "entropy" in r]
@@ -68,9 +73,13 @@ def compare(arms):
     arms_of) or {arm name: [run folder, ...]}."""
     arms, values = arms if isinstance(arms, dict) else arms_of(arms), {}
     for arm, runs in arms.items():
-        summaries = [run_summary([json.loads(line) for line in (Path(run) / "metrics.jsonl").read_text().splitlines()])
-                     for run in runs]
+        summaries = [run_summary(read_metrics(run)) for run in runs]
         values[arm] = {k: [s[k] for s in summaries if k in s] for k in summaries[0]}
+    return values, table(values)
+
+
+def table(values):
+    """The table's lines: a row per metric that every arm has, mean ± std per arm, and with two arms "differs?"."""
     arms = list(values)
     metrics = [k for k in values[arms[0]] if all(k in values[a] for a in arms)]
     header = ["metric", *(f"{a} (n={len(values[a][metrics[0]])})" for a in arms)] + (["differs?"] * (len(arms) == 2))
@@ -80,7 +89,7 @@ def compare(arms):
         if len(arms) == 2:
             cells.append("yes" if differs(*(values[arm][metric] for arm in arms)) else "no")
         lines.append(f"| {metric} | " + " | ".join(cells) + " |")
-    return values, lines
+    return lines
 
 
 def figure(arms, path):
@@ -91,7 +100,7 @@ def figure(arms, path):
     import matplotlib.pyplot as plt
     fig, axes = plt.subplots(1, 3, figsize=(13, 3.2))
     for arm, runs in (arms if isinstance(arms, dict) else arms_of(arms)).items():
-        rows = [[json.loads(line) for line in (Path(run) / "metrics.jsonl").read_text().splitlines()] for run in runs]
+        rows = [read_metrics(run) for run in runs]
         for ax, key in zip(axes, ("reward", "entropy", "eval_greedy")):
             steps = sorted({r["step"] for run in rows for r in run if key in r})
             per_step = [[r[key] for run in rows for r in run if r["step"] == s and key in r] for s in steps]

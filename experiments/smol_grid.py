@@ -21,7 +21,7 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 sys.path[:0] = [str(HERE.parent), str(HERE)]  # erc_minimal, and compare.py / countdown.py beside this file
-from compare import compare, differs, figure, spread  # noqa: E402
+from compare import compare, differs, figure, read_metrics, spread, table  # noqa: E402
 
 ROOT, RUNS, SEEDS = HERE.parent, HERE.parent / "runs" / "smol_grid", (0, 1, 2)
 COMMON = ["--preset", "smol", "--num-minibatches", "8", "--eval-every", "30", "--threads", "1", "--save-every", "10",
@@ -39,13 +39,9 @@ JOBS = ([(arm, s) for s in SEEDS for arm in ("gppo_erc", "gppo")] + [("gppo_mb1"
         + [(arm, s) for arm in ("grpo", "gppo_erc_dropout", "dapo_erc") for s in SEEDS])
 
 
-def metrics(folder):
-    return [json.loads(line) for line in (folder / "metrics.jsonl").read_text().splitlines()]
-
-
 def erc_fraction():
     """ERC's measured clip fraction: the mean of erc_clip_frac over the steps and seeds of the gppo_erc arm."""
-    rows = [r for s in SEEDS for r in metrics(RUNS / "gppo_erc" / f"seed{s}") if "erc_clip_frac" in r]
+    rows = [r for s in SEEDS for r in read_metrics(RUNS / "gppo_erc" / f"seed{s}") if "erc_clip_frac" in r]
     return statistics.mean(r["erc_clip_frac"] for r in rows)
 
 
@@ -57,7 +53,8 @@ def one(job):
         return arm, seed, 0.0
     out.mkdir(parents=True, exist_ok=True)
     log = os.open(out.parent / f"seed{seed}.log", os.O_WRONLY | os.O_CREAT | os.O_APPEND)
-    os.dup2(log, 1), os.dup2(log, 2)
+    os.dup2(log, 1)
+    os.dup2(log, 2)
     import erc_minimal as E
     started = time.time()
     argv = COMMON + ARMS[arm] + ["--seed", str(seed), "--out", str(out)]
@@ -131,7 +128,7 @@ def verdicts(values):
 
 def identical(a, b):
     """Whether two runs logged the same value of every number both log, at every step (times aside)."""
-    rows_a, rows_b = metrics(Path(a)), metrics(Path(b))
+    rows_a, rows_b = read_metrics(a), read_metrics(b)
     return len(rows_a) == len(rows_b) and all(x[k] == y[k] for x, y in zip(rows_a, rows_b)
                                               for k in x.keys() & y.keys() if not k.endswith("_time"))
 
@@ -139,7 +136,7 @@ def identical(a, b):
 def report():
     arms = finished()
     values, everything = compare(arms)
-    _, lines = compare({arm: arms[arm] for arm in ("gppo_erc", "gppo")})
+    lines = table({arm: values[arm] for arm in ("gppo_erc", "gppo")})
     seconds = {arm: [float(re.search(r"done in (\d+) s", Path(run + ".log").read_text()).group(1)) for run in runs]
                for arm, runs in arms.items()}
     dropped = [arm for arm in ARMS if arm not in arms]
