@@ -884,6 +884,29 @@ def test_killed_and_interrupted_runs_resume_to_the_uninterrupted_run(tmp_path, c
     assert all(torch.equal(p, q) for p, q in zip(a.parameters(), b.parameters()))
 
 
+def test_sigterm_finishes_the_step_saves_and_says_how_to_resume(tmp_path):
+    """A SIGTERM (a cluster's pre-emption, `kill PID`) to the command-line run: the step in progress finishes, a
+    checkpoint of that step is saved, the resume line is printed, exit code 0; --resume then completes the run."""
+    out = tmp_path / "run"
+    process = start_cli(*tiny_argv(out, "--steps", "300"))
+    metrics = out / "metrics.jsonl"
+    wait_for(lambda: metrics.exists() and len(metrics.read_text().splitlines()) >= 3, process)
+    process.send_signal(signal.SIGTERM)
+    stdout, stderr = process.communicate(timeout=60)
+    assert process.returncode == 0, stderr
+    steps = [r["step"] for r in E.read_jsonl(metrics)]
+    assert 3 <= len(steps) < 300 and steps == list(range(1, len(steps) + 1))
+    assert E.checkpoints(str(out))[-1].endswith(f"checkpoint-{steps[-1]}")
+    assert f"interrupted after step {steps[-1]}" in stdout and "--resume" in stdout
+    rows = E.main(["--out", str(out), "--resume", "--steps", str(steps[-1] + 2)])
+    assert [r["step"] for r in rows] == list(range(1, steps[-1] + 3))
+
+
+def test_the_last_step_is_evaluated_when_steps_is_not_a_multiple_of_eval_every(tmp_path):
+    rows = E.main(tiny_argv(tmp_path, "--steps", "7", "--eval-every", "3", "--eval-prompts", "8"))
+    assert [r["step"] for r in rows if "eval_greedy" in r] == [3, 6, 7]
+
+
 def test_full_disk_while_checkpointing_is_one_line_and_keeps_the_last_checkpoint(tmp_path, capsys, monkeypatch):
     """An OSError (here ENOSPC from torch.save on the second checkpoint): one line naming the folder and the
     error, exit 2; checkpoint-1 intact and still the newest; no .tmp folder left behind."""
