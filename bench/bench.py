@@ -16,9 +16,11 @@ generation (+ reward), update = old log-probs + the mini-batch updates, step = t
 3 processes per side, alternately, and reports the median one.
 """
 import argparse
+import importlib.util
 import json
 import os
 import resource
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -61,7 +63,7 @@ def build(config, seed=0):
     tokenizer = E.PreTrainedTokenizerFast(tokenizer_object=tok, eos_token="<|endoftext|>", pad_token="<|endoftext|>",
                                           padding_side="left")
     torch.manual_seed(seed)
-    model = E.Qwen2ForCausalLM(E.Qwen2Config(**shape, bos_token_id=0, eos_token_id=0, pad_token_id=0))
+    model = E.transformers.Qwen2ForCausalLM(E.transformers.Qwen2Config(**shape, bos_token_id=0, eos_token_id=0, pad_token_id=0))
     data = E.make_tiny_dataset(1000, seed=seed).rename_column("question", "prompt")
     return model.to(config["device"]), tokenizer, data
 
@@ -72,16 +74,28 @@ def peak_memory(device):
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux reports KiB
 
 
+def patched(name):
+    """erc_minimal with docs/ablations/NAME.patch applied, imported from a temporary copy."""
+    folder = tempfile.mkdtemp()
+    shutil.copy(os.path.join(ROOT, "erc_minimal.py"), folder)
+    subprocess.run(["git", "apply", os.path.join(ROOT, "docs", "ablations", f"{name}.patch")], cwd=folder, check=True)
+    spec = importlib.util.spec_from_file_location(f"erc_minimal_{name}", os.path.join(folder, "erc_minimal.py"))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
 def run_ours(config, length, erc, gradient_checkpointing, static_cache):
     model, tokenizer, data = build(config)
+    ours = patched("static_cache") if static_cache else E  # --static-cache is a worked patch of the script
     if gradient_checkpointing:
         model.gradient_checkpointing_enable()
     with tempfile.TemporaryDirectory() as out:
-        cfg = E.Config(preset="tiny", algo="dapo", dynamic_sampling=False, erc=erc, lr=1e-6, out=out,
-                       static_cache=static_cache,
-                       steps=config["warmup"] + config["measured"], prompts_per_step=config["prompts"],
-                       group_size=config["group"], num_minibatches=MINIBATCHES, max_new_tokens=length)
-        history = E.train(cfg, model, tokenizer, data)
+        cfg = ours.Config(preset="tiny", algo="dapo", dynamic_sampling=False, erc=erc, lr=1e-6, out=out,
+                          **(dict(static_cache=True) if static_cache else {}),
+                          steps=config["warmup"] + config["measured"], prompts_per_step=config["prompts"],
+                          group_size=config["group"], num_minibatches=MINIBATCHES, max_new_tokens=length)
+        history = ours.train(cfg, model, tokenizer, data)
     rows = history[config["warmup"]:]
     rollout = sum(r["gen_time"] for r in rows) / len(rows)
     update = sum(r["train_time"] for r in rows) / len(rows)

@@ -1,5 +1,5 @@
-"""What --diagnostics costs on the tiny preset: train time per step (the diagnostics run inside train_step, after
-the updates) with and without it, in alternating fresh processes (1 thread each, 3 per side, 100 steps; the
+"""What experiments/diagnostics.py costs on the tiny preset: train time per step (the diagnostics run inside the
+step, after the updates) with and without them, in alternating fresh processes (1 thread each, 3 per side, 100 steps; the
 first 10 steps of each are left out as warm-up). Prints the medians and their ratio.
 
     python bench/diagnostics_cost.py        # about 3 minutes on a quiet 2-core machine
@@ -14,10 +14,10 @@ import tempfile
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-def train_time(extra):
+def train_time(script):
     with tempfile.TemporaryDirectory() as out:
-        subprocess.run([sys.executable, os.path.join(ROOT, "erc_minimal.py"), "--preset", "tiny", "--algo", "gppo",
-                        "--erc", "--steps", "100", "--out", out, *extra], check=True, capture_output=True)
+        subprocess.run([sys.executable, os.path.join(ROOT, script), "--preset", "tiny", "--algo", "gppo", "--erc",
+                        "--steps", "100", "--out", out], check=True, capture_output=True)
         with open(os.path.join(out, "metrics.jsonl")) as f:
             rows = [json.loads(line) for line in f][10:]
     return statistics.mean(r["train_time"] for r in rows), statistics.mean(r["gen_time"] for r in rows)
@@ -26,12 +26,12 @@ def train_time(extra):
 def main():
     times = {"off": [], "on": []}
     for _ in range(3):
-        for side, extra in (("off", []), ("on", ["--diagnostics"])):
-            times[side].append(train_time(extra))
+        for side, script in (("off", "erc_minimal.py"), ("on", "experiments/diagnostics.py")):
+            times[side].append(train_time(script))
             print(side, f"train {times[side][-1][0] * 1000:.1f} ms/step, rollout {times[side][-1][1] * 1000:.1f} ms/step",
                   flush=True)
     off, on = (statistics.median(t for t, _ in times[side]) for side in ("off", "on"))
-    print(f"median train time per step: {off * 1000:.1f} ms without, {on * 1000:.1f} ms with --diagnostics "
+    print(f"median train time per step: {off * 1000:.1f} ms without, {on * 1000:.1f} ms with diagnostics "
           f"(x{on / off:.2f})")
 
 

@@ -38,8 +38,9 @@ def saved_bytes(model, length, cfg):
 
     ids = torch.randint(0, 151000, (1, length))
     response_mask = torch.ones(1, length // 2, dtype=torch.long)
-    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t), E.autocast(cfg, ids.device):
-        logp, _ = E.logp_and_entropy(model, ids, torch.ones_like(ids), response_mask, 1.0, cfg.logprob_chunk)
+    batch = dict(input_ids=ids, attention_mask=torch.ones_like(ids), response_mask=response_mask)
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):  # cfg.bf16: the forward under bf16 autocast
+        logp, _ = E.logp_and_entropy(model, batch, cfg)
     del logp
     return total[0]
 
@@ -47,7 +48,7 @@ def saved_bytes(model, length, cfg):
 def main():
     torch.manual_seed(0)
     cfg = E.Config(bf16=True)  # the gsm8k preset's sizes
-    model = E.Qwen2ForCausalLM(E.Qwen2Config(**QWEN25_05B)).train()
+    model = E.transformers.Qwen2ForCausalLM(E.transformers.Qwen2Config(**QWEN25_05B)).train()
     n_params = sum(p.numel() for p in model.parameters())
     prompt = 200  # GSM8K question in Qwen's chat template with the \boxed{} instruction: ~120-200 tokens
     responses = cfg.prompts_per_step * cfg.group_size

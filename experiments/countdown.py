@@ -31,6 +31,7 @@ import torch
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import erc_minimal as E  # noqa: E402
+import diagnostics  # noqa: E402
 from compare import differs, run_summary  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -113,6 +114,18 @@ def make_tokenizer():
     return E.PreTrainedTokenizerFast(tokenizer_object=tok, eos_token="<|endoftext|>", pad_token="<|endoftext|>")
 
 
+def lab_main(argv, gate=None):
+    """E.main as the lab runs it: with experiments/diagnostics.py's per-step diagnostics, and ERC's gate
+    E.erc_band_exits replaced by `gate` (a control); erc_minimal's own functions are put back afterwards."""
+    saved = E.train_on_batch, E.policy_loss, E.erc_band_exits
+    diagnostics.install()
+    E.erc_band_exits = gate or E.erc_band_exits
+    try:
+        return E.main(argv)
+    finally:
+        E.train_on_batch, E.policy_loss, E.erc_band_exits = saved
+
+
 def thought(rng):
     """1-5 filler words, Zipf-like (word i drawn with weight 1 / (i + 1))."""
     return rng.choices(FILLERS, weights=[1 / (i + 1) for i in range(len(FILLERS))], k=rng.randint(1, 5))
@@ -138,11 +151,11 @@ def warm_start(folder, steps, seed=0, hidden=128, layers=3, batch=64, lr=3e-3, t
     rng = random.Random(seed)
     tokenizer = make_tokenizer()
     tokenizer.padding_side = "left"
-    config = E.Qwen2Config(vocab_size=len(tokenizer), hidden_size=hidden, intermediate_size=2 * hidden,
+    config = E.transformers.Qwen2Config(vocab_size=len(tokenizer), hidden_size=hidden, intermediate_size=2 * hidden,
                            num_hidden_layers=layers, num_attention_heads=4, num_key_value_heads=2,
                            max_position_embeddings=64, tie_word_embeddings=True, bos_token_id=0, eos_token_id=0,
                            pad_token_id=0)
-    model = E.Qwen2ForCausalLM(config)
+    model = E.transformers.Qwen2ForCausalLM(config)
     train, _ = splits()
     optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=wd)
     schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: min(1.0, (s + 1) / 50) * (1 - s / steps * decay))
@@ -234,7 +247,7 @@ def base_argv(lab=LAB):
     return ["--model", str(lab / "model"), "--dataset", str(lab / "train.jsonl"), "--eval-dataset",
             str(lab / "test.jsonl"), "--instruction", "", "--reward", "countdown", "--prompts-per-step", "16",
             "--group-size", "8", "--max-new-tokens", "16", "--warmup-steps", "10", "--eval-every", "20", "--eval-prompts", "128",
-            "--eval-samples", "8", "--threads", "1", "--log-every", "1000", "--diagnostics"]
+            "--eval-samples", "8", "--threads", "1", "--log-every", "1000"]
 
 
 def dropout_gate(fraction):
@@ -263,12 +276,7 @@ def run(out, algo, erc, minibatches, lr, seed, steps, gate=None):
     argv = base_argv() + ["--algo", algo, "--num-minibatches", str(minibatches), "--lr", str(lr), "--seed", str(seed),
                           "--steps", str(steps), "--out", str(out), "--save-every", "20"]
     argv += ["--erc"] * erc + (["--resume"] if E.checkpoints(str(out)) else ["--overwrite"])
-    original = E.erc_band_exits
-    E.erc_band_exits = gate or original
-    try:
-        return E.main(argv)
-    finally:
-        E.erc_band_exits = original
+    return lab_main(argv, gate)
 
 
 ALGOS, LRS, SEEDS, STEPS = ("grpo", "gppo"), (1e-4, 3e-4), (0, 1, 2), 100

@@ -27,16 +27,20 @@ ROOT, RUNS, SEEDS = HERE.parent, HERE.parent / "runs" / "smol_grid", (0, 1, 2)
 COMMON = ["--preset", "smol", "--num-minibatches", "8", "--eval-every", "30", "--threads", "1", "--save-every", "10",
           "--save-total-limit", "1"]
 ARMS = {  # name: the flags beyond COMMON
-    "gppo_erc": ["--algo", "gppo", "--erc", "--diagnostics"],
-    "gppo": ["--algo", "gppo", "--diagnostics"],
+    "gppo_erc": ["--algo", "gppo", "--erc"],
+    "gppo": ["--algo", "gppo"],
     "gppo_mb1": ["--algo", "gppo", "--num-minibatches", "1"],  # negative control: ratio 1, nothing to clip
     "gppo_erc_mb1": ["--algo", "gppo", "--erc", "--num-minibatches", "1"],
-    "grpo": ["--algo", "grpo", "--diagnostics"],
-    "gppo_erc_dropout": ["--algo", "gppo", "--erc", "--diagnostics"],  # E.erc_band_exits replaced (see above)
-    "dapo_erc": ["--algo", "dapo", "--erc", "--diagnostics"],
+    "grpo": ["--algo", "grpo"],
+    "gppo_erc_dropout": ["--algo", "gppo", "--erc"],  # E.erc_band_exits replaced (see above)
+    "dapo_erc": ["--algo", "dapo", "--erc"],
 }
-JOBS = ([(arm, s) for s in SEEDS for arm in ("gppo_erc", "gppo")] + [("gppo_mb1", 0), ("gppo_erc_mb1", 0)]
-        + [(arm, s) for arm in ("grpo", "gppo_erc_dropout", "dapo_erc") for s in SEEDS])
+DIAGNOSED = ("gppo_erc", "gppo", "grpo", "gppo_erc_dropout", "dapo_erc")  # runs with experiments/diagnostics.py
+# The second session's order (its first ran gppo_erc and gppo, then the 1-mini-batch controls): the ERC arm again
+# (its clip fraction sets the dropout control's), then the missing arms, then GPPO again; DAPO + ERC last.
+JOBS = ([("gppo_erc", s) for s in SEEDS] + [("grpo", 0)] + [("gppo_erc_dropout", s) for s in SEEDS]
+        + [("grpo", 1), ("grpo", 2)] + [("gppo", s) for s in SEEDS] + [("gppo_mb1", 0), ("gppo_erc_mb1", 0)]
+        + [("dapo_erc", s) for s in SEEDS])
 
 
 def erc_fraction():
@@ -55,13 +59,20 @@ def one(job):
     log = os.open(out.parent / f"seed{seed}.log", os.O_WRONLY | os.O_CREAT | os.O_APPEND)
     os.dup2(log, 1)
     os.dup2(log, 2)
+    import diagnostics
     import erc_minimal as E
+    import smol
+    smol.install()
+    if arm in DIAGNOSED:
+        diagnostics.install()  # stays for the worker's later jobs: diagnostics change no trained number
     started = time.time()
     argv = COMMON + ARMS[arm] + ["--seed", str(seed), "--out", str(out)]
     argv += ["--resume"] if E.checkpoints(str(out)) else ["--overwrite"]
     original = E.erc_band_exits
     if arm == "gppo_erc_dropout":
         from countdown import dropout_gate
+        while not all((RUNS / "gppo_erc" / f"seed{s}" / "checkpoint-30").exists() for s in SEEDS):
+            time.sleep(30)  # the fraction is measured over every seed of the ERC arm
         fraction = erc_fraction()
         (out / "control.json").write_text(json.dumps(dict(gate="dropout", fraction=fraction)))
         E.erc_band_exits = dropout_gate(fraction)
