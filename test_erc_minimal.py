@@ -718,15 +718,17 @@ def test_scoring_and_update_forwards_build_no_kv_cache():
 
 def test_noise_floor_measures_the_first_minibatch():
     """first_mb_max_ratio_err is max |r - 1| and first_mb_erc_clip_frac the share ERC clipped, both on the first
-    mini-batch: old log-probs shifted by +0.1 give 1 - exp(-0.1); old entropies x 1.1 put rho = 1/1.1
-    < 0.95, outside the band, for every token."""
+    mini-batch: old log-probs shifted by +0.1 give 1 - exp(-0.1); old entropies x 1.1 on the first mini-batch
+    only put rho = 1/1.1 < 0.95, outside the band, for its every token."""
     cfg = E.Config(preset="tiny", prompts_per_step=4, group_size=4, max_new_tokens=4, erc=True)
     model, optimizer, batch, minibatches = rolled_out_batch(cfg)
     old_logp, old_entropy = E.score_old_policy(model, batch, minibatches, cfg)
-    batch["old_logp"], batch["old_entropy"] = old_logp + 0.1 * batch["response_mask"], old_entropy * 1.1
+    first = torch.cat(minibatches[0])
+    old_entropy[first] *= 1.1
+    batch["old_logp"], batch["old_entropy"] = old_logp + 0.1 * batch["response_mask"], old_entropy
     stats = E.train_on_batch(model, optimizer, batch, minibatches, cfg)
     assert stats["first_mb_max_ratio_err"] == pytest.approx(1 - math.exp(-0.1), rel=1e-4)
-    assert stats["first_mb_erc_clip_frac"] == 1.0
+    assert stats["first_mb_erc_clip_frac"] == 1.0 and stats["erc_clip_frac_after_first"] < 0.5
 
 
 def test_update_applies_weight_decay_and_grad_clip(tmp_path):
