@@ -1819,6 +1819,30 @@ def test_step_page_train_step_is_the_scripts_update():
     assert not all(torch.equal(p, q) for p, q in zip(model.parameters(), tiny_model_and_tokenizer(seed=5)[0].parameters()))
 
 
+# ------------------------------------------------------------------ bench/gpu_check.py: will it fit, how fast
+def test_gpu_check_runs_real_steps_and_reports_every_phase(capsys):
+    """The GPU check at small shapes on a CPU: the README's command (gppo + ERC) for the card size it assumes,
+    real training steps through the script's functions, every phase timed, the noise floor exactly 0 (scoring and
+    update run the same kernels), finite losses and gradients, responses that run to --max-new-tokens (random
+    weights almost never emit EOS), and one closing line; --help explains it; a bad flag is one line."""
+    check = load_script(os.path.join(os.path.dirname(E.__file__), "bench", "gpu_check.py"))
+    results, verdict = check.main(["--small", "--steps", "2", "--threads", "1", "--seed", "3"])
+    out = capsys.readouterr().out
+    assert "flags: --prompts-per-step 4 --group-size 4 --max-new-tokens 16 --num-minibatches 2 --algo gppo --erc" in out
+    assert [r["step"] for r in results] == [1, 2] and all(r["finite"] for r in results)
+    assert all(r["rollout_s"] > 0 and r["scoring_s"] > 0 and r["update_s"] > 0 for r in results)
+    assert all(r["first_mb_max_ratio_err"] == 0 and r["first_mb_erc_clip_frac"] == 0 for r in results)
+    assert all(r["ms_per_decode_step"] == pytest.approx(1000 * r["rollout_s"] / r["decode_steps"]) for r in results)
+    assert max(r["decode_steps"] for r in results) == 16 and verdict.startswith(("fits:", "no CUDA device"))
+    assert out.strip().splitlines()[-1] == verdict
+    with pytest.raises(SystemExit):
+        check.main(["--help"])
+    assert "Will it fit on my card" in capsys.readouterr().out
+    with pytest.raises(SystemExit) as exit_info:
+        check.main(["--small", "--algo", "ppo"])
+    assert exit_info.value.code == 2 and "unknown --algo" in capsys.readouterr().err
+
+
 # ------------------------------------------------------------------ experiments/compare.py
 def test_compare_groups_runs_into_arms_and_pools_seeds(tmp_path, capsys):
     """Four tiny runs (ERC off / on x seeds 0, 1) make two arms named by the field that differs; each cell is the
