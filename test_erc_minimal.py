@@ -1129,6 +1129,200 @@ def test_ablation_dr_grpo(tmp_path):
     assert len(P.main(tiny_argv(tmp_path / "run", "--steps", "3"))) == 3
 
 
+def patched_loss_and_grad(P, logp, old, adv, mask, cfg, entropy=None):
+    """A patched module's objective on a hand-made batch: loss, d loss / d logp, stats."""
+    logp = logp.clone().requires_grad_(True)
+    micro = rollout_tensors(old, adv, mask, old_entropy=entropy)
+    loss, stats = P.objective(logp, entropy, micro, micro, cfg)
+    loss.backward()
+    return loss, logp.grad, {k: v.item() for k, v in stats.items()}
+
+
+def centred_covariance(logp, adv, mask):
+    """Cov(log pi, A) per token as Cui et al. 2025 define it: (A - mean A)(log pi - mean log pi), means over the
+    valid tokens, computed here on its own in float64."""
+    a = adv[:, None].expand_as(logp).double()
+    valid = mask.bool()
+    return (a - a[valid].mean()) * (logp.double() - logp.double()[valid].mean())
+
+
+def test_ablation_clip_cov(tmp_path):
+    """Clip-Cov (docs/ablations/clip_cov.patch): among the tokens PPO-clip did not stop, those whose centred
+    Cov(log pi, A) lies in (lb, ub) are candidates, max(1, ratio x N) of them are picked at random, and their loss
+    is 0 in value and gradient; every other token keeps PPO-clip's gradient (no dual clip), N unchanged."""
+    P = patched_script(tmp_path, "clip_cov")
+    logp, old, adv, mask = grid()
+    cov = centred_covariance(logp, adv, mask)
+    r = torch.exp((logp - old) * mask)
+    cfg = P.Config(algo="clip_cov", clip_cov_ratio=1.0, clip_cov_lb=0.0, clip_cov_ub=1e9)  # every candidate picked
+    ppo_stopped = ((adv[:, None] > 0) & (r > 1.2)) | ((adv[:, None] < 0) & (r < 0.8))
+    candidate = (cov > 0) & mask.bool() & ~ppo_stopped
+    loss, grad, stats = patched_loss_and_grad(P, logp, old, adv, mask, cfg)
+    no_dual_clip = copy.copy(cfg)
+    no_dual_clip.clip_c = float("inf")
+    n = mask.sum()
+    expected_grad = -table_weight("grpo", r, adv[:, None], no_dual_clip) * adv[:, None] * mask * ~candidate / n
+    torch.testing.assert_close(grad, expected_grad.to(grad.dtype))
+    value = torch.maximum(-adv[:, None] * r, -adv[:, None] * r.clamp(0.8, 1.2)) * mask * ~candidate
+    torch.testing.assert_close(loss, value.sum() / n)
+    assert 0 < candidate.sum() < mask.sum() and stats["cov_clip_frac"] == pytest.approx((candidate.sum() / n).item())
+    cfg.clip_cov_ratio = 3 / n.item()  # three of the candidates, at random
+    torch.manual_seed(0)
+    _, grad, stats = patched_loss_and_grad(P, logp, old, adv, mask, cfg)
+    ppo_grad = -table_weight("grpo", r, adv[:, None], no_dual_clip) * adv[:, None] * mask / n
+    newly_zero = (grad == 0) & (ppo_grad != 0)  # the picked tokens that had a gradient to lose
+    assert stats["cov_clip_frac"] == pytest.approx(3 / n.item()) and not (newly_zero & ~candidate).any()
+    assert 0 < newly_zero.sum() <= 3
+    torch.testing.assert_close(grad[~newly_zero], ppo_grad[~newly_zero].to(grad.dtype))
+    rows = P.main(tiny_argv(tmp_path / "run", "--algo", "clip_cov", "--steps", "3"))
+    assert all("cov_clip_frac" in r for r in rows) and E.read_jsonl(tmp_path / "run" / "metrics.jsonl")[-1]["step"] == 3
+
+
+def test_ablation_kl_cov(tmp_path):
+    """KL-Cov (docs/ablations/kl_cov.patch): no clip; the max(1, ratio x N) tokens of largest centred
+    Cov(log pi, A) get the penalty coef x |log r|, so d loss / d log pi = (-A r + coef sign(log r)) / N there and
+    -A r / N elsewhere."""
+    P = patched_script(tmp_path, "kl_cov")
+    logp, old, adv, mask = grid()
+    n = mask.sum()
+    cfg = P.Config(algo="kl_cov", kl_cov_ratio=4 / n.item(), kl_cov_coef=0.5)
+    cov = centred_covariance(logp, adv, mask).masked_fill(mask == 0, -torch.inf)
+    top = torch.zeros(cov.numel(), dtype=torch.bool)
+    top[cov.flatten().argsort(descending=True)[:4]] = True
+    top = top.view_as(cov)
+    log_r = (logp - old) * mask
+    r = log_r.exp()
+    loss, grad, stats = patched_loss_and_grad(P, logp, old, adv, mask, cfg)
+    expected_value = ((-adv[:, None] * r + 0.5 * top * log_r.abs()) * mask).sum() / n
+    expected_grad = (-adv[:, None] * r + 0.5 * top * log_r.sign()) * mask / n
+    torch.testing.assert_close(loss, expected_value)
+    torch.testing.assert_close(grad, expected_grad)
+    assert stats["kl_cov_frac"] == pytest.approx(4 / n.item()) and (top & (log_r != 0)).sum() > 0
+    rows = P.main(tiny_argv(tmp_path / "run", "--algo", "kl_cov", "--steps", "3"))
+    assert all("kl_cov_frac" in r for r in rows)
+
+
+def test_ablation_sapo(tmp_path):
+    """SAPO (docs/ablations/sapo.patch): l = -A f(r), f(r) = 4 / tau sigmoid(tau (r - 1)) with tau_pos for A > 0
+    and tau_neg for A < 0, averaged per sequence then over sequences; d l / d log pi = -A r 4 s (1 - s) at every
+    token with A != 0, whatever r (no token loses its gradient), equal to -A where r = 1."""
+    P = patched_script(tmp_path, "sapo")
+    logp, old, adv, mask = grid()
+    cfg = P.Config(algo="sapo", tau_pos=1.0, tau_neg=1.05)
+    A = adv[:, None]
+    r = torch.exp((logp - old) * mask)
+    tau = torch.where(A > 0, 1.0, 1.05).double()
+    s = torch.sigmoid(tau * (r - 1))
+    lengths = mask.sum(1, keepdim=True)
+    loss, grad, stats = patched_loss_and_grad(P, logp, old, adv, mask, cfg)
+    torch.testing.assert_close(loss, ((-A * 4 / tau * s * mask).sum(1) / lengths[:, 0]).mean())
+    torch.testing.assert_close(grad, -A * r * 4 * s * (1 - s) * mask / lengths / len(adv))
+    assert ((grad != 0) == ((A != 0) & mask.bool())).all()
+    at_one = (r == 1.0) & mask.bool()
+    assert at_one.any() and torch.allclose(grad[at_one] * lengths.expand_as(grad)[at_one] * len(adv),
+                                           -A.expand_as(grad)[at_one])
+    rows = P.main(tiny_argv(tmp_path / "run", "--algo", "sapo", "--steps", "3"))
+    assert all(0 < r["sapo_gate"] for r in rows)
+
+
+def test_ablation_top_entropy_tokens(tmp_path):
+    """Top-entropy tokens (docs/ablations/top_entropy.patch): only the tokens whose current entropy is at or above
+    the micro-batch's (1 - share) quantile keep their loss and gradient; the rest are 0, N unchanged."""
+    P = patched_script(tmp_path, "top_entropy")
+    logp, old, adv, mask = grid()
+    entropy = torch.rand(logp.shape, generator=torch.Generator().manual_seed(4), dtype=torch.float64) * 3
+    cfg = P.Config(algo="grpo", top_entropy=0.25)
+    high = entropy >= torch.quantile(entropy[mask.bool()], 0.75)
+    r = torch.exp((logp - old) * mask)
+    n = mask.sum()
+    loss, grad, stats = patched_loss_and_grad(P, logp, old, adv, mask, cfg, entropy=entropy)
+    torch.testing.assert_close(grad, -table_weight("grpo", r, adv[:, None], cfg) * adv[:, None] * mask * high / n)
+    value = reference_token_loss("grpo", r, adv[:, None], logp, cfg) * mask * high
+    torch.testing.assert_close(loss, value.sum() / n)
+    assert stats["top_entropy_frac"] == pytest.approx(((high & mask.bool()).sum() / n).item(), abs=1e-6)
+    rows = P.main(tiny_argv(tmp_path / "run", "--steps", "3"))
+    assert all(0.2 <= r["top_entropy_frac"] <= 0.5 for r in rows)
+
+
+def test_compare_tells_a_patched_loss_from_erc_without_edits(tmp_path, capsys):
+    """experiments/compare.py on tiny runs of a patched loss (SAPO) and of GPPO + ERC, two seeds each: two arms,
+    named by what their config.json files differ in, with no edit to compare.py."""
+    P = patched_script(tmp_path, "sapo")
+    folders = []
+    for seed in (0, 1):
+        folders.append(tmp_path / f"sapo{seed}")
+        P.main(tiny_argv(folders[-1], "--algo", "sapo", "--steps", "3", "--seed", str(seed)))
+        folders.append(tmp_path / f"erc{seed}")
+        E.main(tiny_argv(folders[-1], "--algo", "gppo", "--erc", "--steps", "3", "--seed", str(seed)))
+    compare = load_script(os.path.join(os.path.dirname(E.__file__), "experiments", "compare.py"))
+    lines = compare.main([str(f) for f in folders])
+    assert "algo=sapo" in lines[0] and "algo=gppo" in lines[0] and "(n=2)" in lines[0] and "differs?" in lines[0]
+    assert any(line.startswith("| entropy_start |") for line in lines)
+
+
+# The Hydra keys the authors' fork passes in its released recipes, read with the search tool from Kwai-Klear/ERC at
+# commit b19f8002d16b38fe9dc1167a2344ece52e0c2e7b, recipe/dapo/1_5B_perf_run_dapo_ours_math_szp_ae_gppo_erc_1_05.sh and
+# ..._dapo_erc_1_05.sh (the two scripts pass the same keys): a fact about those files, listed here.
+FORK_RECIPE_KEYS = {
+    "data.train_files", "data.val_files", "data.prompt_key", "data.truncation", "data.max_prompt_length",
+    "data.max_response_length", "data.gen_batch_size", "data.train_batch_size", "actor_rollout_ref.rollout.n",
+    "algorithm.adv_estimator", "algorithm.use_kl_in_reward", "algorithm.kl_ctrl.kl_coef",
+    "actor_rollout_ref.actor.use_kl_loss", "actor_rollout_ref.actor.kl_loss_coef", "actor_rollout_ref.actor.clip_ratio_low",
+    "actor_rollout_ref.actor.clip_ratio_high", "actor_rollout_ref.actor.clip_ratio_c",
+    "actor_rollout_ref.actor.postive_loss_coeff", "actor_rollout_ref.actor.policy_loss.loss_mode",
+    "actor_rollout_ref.actor.entropy_mask_high", "actor_rollout_ref.actor.entropy_mask_low",
+    "algorithm.filter_groups.enable", "algorithm.filter_groups.max_num_gen_batches", "algorithm.filter_groups.metric",
+    "actor_rollout_ref.model.use_remove_padding", "actor_rollout_ref.actor.use_dynamic_bsz",
+    "actor_rollout_ref.ref.log_prob_use_dynamic_bsz", "actor_rollout_ref.rollout.log_prob_use_dynamic_bsz",
+    "actor_rollout_ref.actor.ppo_max_token_len_per_gpu", "actor_rollout_ref.ref.log_prob_max_token_len_per_gpu",
+    "actor_rollout_ref.rollout.log_prob_max_token_len_per_gpu", "actor_rollout_ref.rollout.name",
+    "actor_rollout_ref.model.path", "actor_rollout_ref.model.enable_gradient_checkpointing",
+    "actor_rollout_ref.actor.optim.lr", "actor_rollout_ref.actor.optim.lr_warmup_steps",
+    "actor_rollout_ref.actor.optim.weight_decay", "actor_rollout_ref.actor.ppo_mini_batch_size",
+    "actor_rollout_ref.actor.fsdp_config.param_offload", "actor_rollout_ref.actor.fsdp_config.optimizer_offload",
+    "actor_rollout_ref.actor.entropy_coeff", "actor_rollout_ref.actor.grad_clip", "actor_rollout_ref.actor.loss_agg_mode",
+    "actor_rollout_ref.actor.ulysses_sequence_parallel_size", "actor_rollout_ref.rollout.gpu_memory_utilization",
+    "actor_rollout_ref.rollout.tensor_model_parallel_size", "actor_rollout_ref.rollout.enable_chunked_prefill",
+    "actor_rollout_ref.rollout.max_num_batched_tokens", "actor_rollout_ref.rollout.max_model_len",
+    "actor_rollout_ref.rollout.temperature", "actor_rollout_ref.rollout.top_p", "actor_rollout_ref.rollout.top_k",
+    "actor_rollout_ref.rollout.val_kwargs.top_p", "actor_rollout_ref.rollout.val_kwargs.temperature",
+    "actor_rollout_ref.rollout.val_kwargs.top_k", "actor_rollout_ref.rollout.val_kwargs.do_sample",
+    "actor_rollout_ref.rollout.val_kwargs.n", "actor_rollout_ref.rollout.enforce_eager",
+    "actor_rollout_ref.rollout.free_cache_engine", "actor_rollout_ref.ref.fsdp_config.param_offload",
+    "actor_rollout_ref.ref.ulysses_sequence_parallel_size", "actor_rollout_ref.actor.fsdp_config.fsdp_size",
+    "reward_model.reward_manager", "reward_model.overlong_buffer.enable", "reward_model.overlong_buffer.len",
+    "reward_model.overlong_buffer.penalty_factor", "trainer.logger", "trainer.project_name", "trainer.experiment_name",
+    "trainer.n_gpus_per_node", "trainer.nnodes", "trainer.val_before_train", "trainer.test_freq", "trainer.save_freq",
+    "trainer.total_epochs", "trainer.default_local_dir", "trainer.resume_mode",
+}
+
+
+@pytest.mark.parametrize("algo,loss_mode,high", [("gppo", "gppo_erc", 0.2), ("dapo", "grpo_erc", 0.28)])
+def test_to_verl_prints_the_forks_keys_with_this_runs_values(tmp_path, capsys, algo, loss_mode, high):
+    """experiments/to_verl.py on a run folder (GPPO + ERC and DAPO + ERC, the SFT term on): every key it prints is
+    one the fork's recipes pass, with this run's values, and what does not carry over is said."""
+    out = tmp_path / "run"
+    E.main(tiny_argv(out, "--algo", algo, "--erc", "--erc-low", "0.9", "--sft-coef", "0.1", "--steps", "1",
+                     "--num-minibatches", "2", *(["--oversample", "2"] if algo == "dapo" else [])))
+    tool = load_script(os.path.join(os.path.dirname(E.__file__), "experiments", "to_verl.py"))
+    text = tool.main([str(out)])
+    pairs = dict(line.strip().rstrip(" \\").split("=", 1) for line in text.splitlines()[1:] if "=" in line
+                 and not line.startswith("#"))
+    assert set(pairs) <= FORK_RECIPE_KEYS, set(pairs) - FORK_RECIPE_KEYS
+    actor = "actor_rollout_ref.actor."
+    assert pairs[actor + "policy_loss.loss_mode"] == loss_mode and pairs[actor + "clip_ratio_high"] == str(high)
+    assert (pairs[actor + "entropy_mask_low"], pairs[actor + "entropy_mask_high"]) == ("0.9", "1.05")
+    assert pairs[actor + "postive_loss_coeff"] == "0.1" and pairs[actor + "clip_ratio_c"] == "10.0"
+    assert pairs["actor_rollout_ref.rollout.n"] == "8" and pairs[actor + "ppo_mini_batch_size"] == "16"
+    assert pairs["algorithm.filter_groups.enable"] == str(algo == "dapo")
+    assert pairs["data.gen_batch_size"] == ("64" if algo == "dapo" else "32") and pairs["data.train_batch_size"] == "32"
+    assert "bf16 logits" in text and "hard-coded absolute path" in text and "total_epochs" in text
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as exit_info:
+        tool.main([str(tmp_path / "nowhere")])
+    assert exit_info.value.code == 2 and "config.json" in capsys.readouterr().err
+
+
 # ------------------------------------------------------------------ the real-data path, offline
 CHATML = ("{%- if messages[0]['role'] != 'system' %}"
           "{{- '<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n' }}{%- endif %}"
