@@ -2110,3 +2110,51 @@ def test_smol_grid_answers_its_criteria_from_per_seed_values():
     values["gppo_erc_mb1"] = {"entropy_change_sd": [0.25]}
     del values["gppo_erc_dropout"]
     assert grid.verdicts(values)[0].startswith("1. Entropy stable: **inconclusive**")  # ERC acted at 1 mini-batch
+
+
+def test_erc_tokens_records_what_the_update_saw(tmp_path, monkeypatch):
+    """experiments/erc_tokens.py: for each recorded response of the second mini-batch, rho = H / H_old and r as
+    recomputed from a copy of the model updated on the first mini-batch alone; its marks as ERC's band and the
+    ratio clip define them; the first mini-batch's responses at exactly 1, unmarked; the page boxes the marked."""
+    tool = load_script(os.path.join(os.path.dirname(E.__file__), "experiments", "erc_tokens.py"))
+    monkeypatch.setitem(E.REWARDS, "parity", lambda completion, answer: float(len(completion) % 2))
+    cfg = E.Config(preset="tiny", prompts_per_step=4, group_size=4, max_new_tokens=6, num_minibatches=2, erc=True,
+                   lr=3e-2, reward="parity")
+    model, tok, optimizer, scheduler, rows = step_parts(cfg)
+    start = copy.deepcopy(model)
+    for name in ("train_step", "train_on_batch", "policy_loss"):
+        monkeypatch.setattr(E, name, getattr(E, name))  # restored after the test
+    seen, inner = {}, E.train_on_batch
+    monkeypatch.setattr(E, "train_on_batch", lambda *a: seen.update(batch=dict(a[2]), minibatches=a[3]) or inner(*a))
+    tool.Recorder(tmp_path / "erc_tokens.jsonl", [1], 16).install()
+    torch.manual_seed(1)
+    E.train_step(cfg, model, model, optimizer, scheduler, tok, rows)
+    records = tool.read(tmp_path)
+    batch, minibatches = seen["batch"], seen["minibatches"]
+    first = set(torch.cat(minibatches[0]).tolist())
+    after = copy.deepcopy(start)
+    E.train_on_batch(after, torch.optim.AdamW(after.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay), batch,
+                     minibatches[:1], cfg)
+    marked = 0
+    assert sorted(rec["row"] for rec in records) == list(range(16))
+    for rec in records:
+        row, n_resp = rec["row"], batch["response_mask"].shape[1]
+        valid = batch["response_mask"][row].bool()
+        assert "".join(rec["tokens"]) == tok.decode(batch["input_ids"][row, -n_resp:][valid])
+        if row in first:
+            assert set(rec["rho"]) == {1.0} and set(rec["r"]) == {1.0} and rec["minibatch"] == 0
+            assert not any(rec["erc_low"] + rec["erc_high"] + rec["ratio_clipped"])
+            continue
+        with torch.no_grad():
+            logp, entropy = E.logp_and_entropy(after, E.take(batch, torch.tensor([row])), cfg)  # [1, T] each
+        rho = (entropy[0] / batch["old_entropy"][row])[valid]
+        r = (logp[0] - batch["old_logp"][row]).exp()[valid]
+        torch.testing.assert_close(torch.tensor(rec["rho"]), rho, rtol=1e-4, atol=1e-5)
+        torch.testing.assert_close(torch.tensor(rec["r"]), r, rtol=1e-4, atol=1e-5)
+        rho_rec, r_rec, a = torch.tensor(rec["rho"]), torch.tensor(rec["r"]), rec["advantage"]
+        assert rec["erc_low"] == (rho_rec <= 0.95).tolist() and rec["erc_high"] == (rho_rec >= 1.05).tolist()
+        assert rec["ratio_clipped"] == ((r_rec > 1.2) if a > 0 else (r_rec < 0.8) if a < 0 else r_rec < 0).tolist()
+        assert a == pytest.approx(batch["advantages"][row].item())
+        marked += sum(rec["erc_low"]) + sum(rec["erc_high"])
+    assert marked > 0  # the check above saw ERC clip
+    assert tool.page(tmp_path).read_text().count("class='tok erc") == marked + 1  # and the legend's
