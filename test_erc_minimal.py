@@ -2158,3 +2158,24 @@ def test_erc_tokens_records_what_the_update_saw(tmp_path, monkeypatch):
         marked += sum(rec["erc_low"]) + sum(rec["erc_high"])
     assert marked > 0  # the check above saw ERC clip
     assert tool.page(tmp_path).read_text().count("class='tok erc") == marked + 1  # and the legend's
+
+
+def test_word_problems_are_labelled_right_and_not_the_presets():
+    """experiments/word_problems.jsonl: 20 problems of each kind, each gold answer the kind's operation on the
+    two numbers its question states (in order), sharing exact; no question from the smol preset's generator."""
+    import re
+    tool = load_script(os.path.join(os.path.dirname(E.__file__), "experiments", "word_problems.py"))
+    generated = set(load_script(os.path.join(os.path.dirname(E.__file__), "experiments", "smol.py"))
+                    .make_word_sums("train")["question"])
+    operation = {"sum": int.__add__, "two-digit sum": int.__add__, "subtraction": int.__sub__,
+                 "multiplication": int.__mul__, "sharing": int.__floordiv__}
+    kinds = tool.by_kind()
+    assert {k: len(v) for k, v in kinds.items()} == dict.fromkeys(operation, 20)
+    for kind, problems in kinds.items():
+        for p in problems:
+            a, b = p["numbers"]
+            assert [int(n) for n in re.findall(r"\d+", p["question"])] == [a, b]
+            assert p["answer"] == str(operation[kind](a, b)) and (kind != "sharing" or a % b == 0)
+            assert p["question"] not in generated and not re.search(r"has \d+ \w+ and (gets|finds|buys)", p["question"])
+            assert kind != "sum" or a < 10 and b < 10  # one-digit, as the preset's; the two-digit kind is not
+            assert kind != "two-digit sum" or a >= 10 and b >= 10

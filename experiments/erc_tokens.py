@@ -139,6 +139,11 @@ def colour(rho, band):
     return f"rgb({shade},{shade},255)" if x < 0 else f"rgb(255,{shade},{shade})"
 
 
+def ink(rho, band):
+    """White text on the darkest colours, black elsewhere."""
+    return "#fff" if int(colour(rho, band).split(",")[1]) < 110 else "#000"
+
+
 def page(run):
     """The HTML page of a run's records: one block per recorded response, grouped by step."""
     records = read(run)
@@ -156,7 +161,7 @@ def page(run):
              "there.</p>"]
     band = records[0]["band"] if records else [0.95, 1.05]
     parts.append("<p class='legend'>" + "".join(
-        f"<span class='tok' style='background:{colour(rho, band)}'>rho {rho:g}</span>"
+        f"<span class='tok' style='background:{colour(rho, band)};color:{ink(rho, band)}'>rho {rho:g}</span>"
         for rho in (band[0] ** 2, band[0], 1.0, band[1], band[1] ** 2)) +
         "<span class='tok erc'>ERC clipped</span><span class='tok ratio'>ratio clipped</span>"
         f"<span>ERC band ({band[0]:g}, {band[1]:g})</span></p>")
@@ -173,7 +178,8 @@ def page(run):
                 f"the ratio clip {sum(rec['ratio_clipped'])}</div>")
             for i, token in enumerate(rec["tokens"]):
                 classes = "tok" + " erc" * erc[i] + " ratio" * rec["ratio_clipped"][i]
-                parts.append(f"<span class='{classes}' style='background:{colour(rec['rho'][i], rec['band'])}' "
+                parts.append(f"<span class='{classes}' style='background:{colour(rec['rho'][i], rec['band'])};"
+                             f"color:{ink(rec['rho'][i], rec['band'])}' "
                              f"title='rho {rec['rho'][i]:.4f}, r {rec['r'][i]:.4f}'>{html.escape(token)}</span>")
             parts.append("</div>")
     path = Path(run, "erc_tokens.html")
@@ -218,7 +224,7 @@ def png(run, step, to, count=6, width=96):
         for x, shown, rec, i in content:
             clipped = rec["erc"] and (rec["erc_low"][i] or rec["erc_high"][i])
             rgb = tuple(int(c) / 255 for c in colour(rec["rho"][i], rec["band"])[4:-1].split(","))
-            ax.text(x, y, shown, family="monospace", fontsize=10, bbox=dict(
+            ax.text(x, y, shown, family="monospace", fontsize=10, color=ink(rec["rho"][i], rec["band"]), bbox=dict(
                 facecolor=rgb, pad=1.5, edgecolor="black" if clipped else "none", linewidth=1.2))
             if rec["ratio_clipped"][i]:
                 ax.plot([x, x + len(shown)], [y + 0.3] * 2, color="#d08000", linewidth=2.5)
