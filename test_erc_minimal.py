@@ -2112,6 +2112,24 @@ def test_smol_grid_answers_its_criteria_from_per_seed_values():
     assert grid.verdicts(values)[0].startswith("1. Entropy stable: **inconclusive**")  # ERC acted at 1 mini-batch
 
 
+def test_smol_grid_reads_the_lead_with_the_dropout_control():
+    """The lead (ERC's step smaller in KL): ERC's KL below the dropout control's by more than the spread ->
+    ERC's choice of tokens; the control as low as ERC's mean + its spread -> the number of tokens; in between
+    -> inconclusive; a lead that did not recur against GPPO is said so."""
+    grid = load_script(os.path.join(os.path.dirname(E.__file__), "experiments", "smol_grid.py"))
+    kl = lambda *xs: {"diag_kl_all": list(xs)}
+    values = {"gppo_erc": kl(0.004, 0.005, 0.006), "gppo": kl(0.008, 0.008, 0.008)}
+    assert "**not read**" in grid.lead(values) and "did not recur" not in grid.lead(values)
+    values["gppo_erc_dropout"] = kl(0.008, 0.0085, 0.009)
+    assert "**ERC's choice of tokens**" in grid.lead(values)
+    values["gppo_erc_dropout"] = kl(0.0055, 0.006, 0.0065)
+    assert "**the number of tokens**" in grid.lead(values)
+    values["gppo_erc_dropout"] = kl(0.004, 0.0065, 0.009)  # above ERC + its spread, within the wider spread
+    assert "**inconclusive**" in grid.lead(values)
+    values["gppo"] = kl(0.006, 0.006, 0.006)
+    assert "did not recur" in grid.lead(values)
+
+
 def test_erc_tokens_records_what_the_update_saw(tmp_path, monkeypatch):
     """experiments/erc_tokens.py: for each recorded response of the second mini-batch, rho = H / H_old and r as
     recomputed from a copy of the model updated on the first mini-batch alone; its marks as ERC's band and the

@@ -226,6 +226,10 @@ MUTATIONS = [
      "verdict = 1 if all(x == 1 for x in signs)", "verdict = 1 if 1 in signs", "experiments/smol_grid.py"),
     ("smol grid: mechanism ratio upside down",
      "wins = sum(x > 1 for x in ratios", "wins = sum(x < 1 for x in ratios", "experiments/smol_grid.py"),
+    ("smol grid: the lead's control read the wrong way",
+     "if differs(on[key], drop[key]) == -1:", "if differs(on[key], drop[key]) == 1:", "experiments/smol_grid.py"),
+    ("smol grid: the lead's 'as low as ERC' without ERC's spread",
+     "<= statistics.mean(on[key]) + spread(on[key]):", "<= statistics.mean(on[key]):", "experiments/smol_grid.py"),
 ]
 
 
