@@ -2176,6 +2176,11 @@ def test_erc_tokens_records_what_the_update_saw(tmp_path, monkeypatch):
         marked += sum(rec["erc_low"]) + sum(rec["erc_high"])
     assert marked > 0  # the check above saw ERC clip
     assert tool.page(tmp_path).read_text().count("class='tok erc") == marked + 1  # and the legend's
+    later = [rec for rec in records if not rec["first_minibatch"]]
+    n = sum(len(rec["tokens"]) for rec in later)
+    assert tool.summary(tmp_path)[1] == f"all | {n} | {marked / n:.2f} | " + \
+        f"{sum(sum(rec['erc_low']) for rec in later) / marked:.2f} | " + \
+        f"{sum(sum(rec['ratio_clipped']) for rec in later) / n:.3f}"
 
 
 def test_word_problems_are_labelled_right_and_not_the_presets():

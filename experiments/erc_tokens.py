@@ -3,6 +3,7 @@
     python experiments/erc_tokens.py record --preset smol --algo gppo --erc --out runs/erc_tokens   # a run
     python experiments/erc_tokens.py page runs/erc_tokens       # -> runs/erc_tokens/erc_tokens.html
     python experiments/erc_tokens.py png runs/erc_tokens --step 20 --to docs/erc_tokens.png
+    python experiments/erc_tokens.py summary runs/erc_tokens    # shares stopped, by token group
 
 `record` runs erc_minimal's own main with any of its flags (`--preset smol` included) and writes, at the steps
 of --record-steps (default 1, 10, 20, 30), a per-token record of a few responses to OUT/erc_tokens.jsonl
@@ -147,13 +148,18 @@ def ink(rho, band):
 def page(run):
     """The HTML page of a run's records: one block per recorded response, grouped by step."""
     records = read(run)
+    about = ""
+    if Path(run, "config.json").exists():  # erc_minimal writes it
+        c = json.loads(Path(run, "config.json").read_text())
+        about = (f" (model {c['model']}, --preset {c['preset']}, --algo {c['algo']}{' --erc' * bool(c['erc'])}, "
+                 f"{c['num_minibatches']} mini-batches, seed {c['seed']})")
     parts = ["<!doctype html><meta charset='utf-8'><title>ERC's decisions, token by token</title><style>",
              "body{font:14px sans-serif;margin:24px;max-width:1100px} .tok{font-family:monospace;padding:1px 2px;"
              "margin:1px;display:inline-block;border:2px solid transparent;white-space:pre}"
              " .erc{border-color:#111} .ratio{text-decoration:underline 3px #d08000} .resp{margin:10px 0 18px}"
              " .meta{color:#444;font-size:12px;margin-bottom:4px} .legend span{margin-right:14px}</style>",
              "<h1>ERC's decisions, token by token</h1>",
-             f"<p>Run: {html.escape(str(run))}. Each token of a recorded response, coloured by the entropy ratio "
+             f"<p>Run: {html.escape(str(run) + about)}. Each token of a recorded response, coloured by the entropy ratio "
              "rho = H / H_old that ERC saw for it in its mini-batch's update (blue: the entropy fell; red: it rose; "
              "white: unchanged). A box: ERC clipped the token (rho outside the band); underlined: the ratio clip "
              "stopped it (r outside [1 - eps_low, 1 + eps_high] on the side its advantage pushes); both: both. "
@@ -175,7 +181,8 @@ def page(run):
                 f"({'pushed up' if rec['advantage'] > 0 else 'pushed down' if rec['advantage'] < 0 else 'no push'}), "
                 f"reward {rec['reward']:g}, mini-batch {rec['minibatch']}{' (the first)' * rec['first_minibatch']}; "
                 f"ERC clipped {sum(erc)} of {n} tokens ({sum(rec['erc_low'])} fell, {sum(rec['erc_high'])} rose), "
-                f"the ratio clip {sum(rec['ratio_clipped'])}</div>")
+                f"the ratio clip {sum(rec['ratio_clipped'])} <details><summary>prompt</summary><pre>"
+                f"{html.escape(rec['prompt'])}</pre></details></div>")
             for i, token in enumerate(rec["tokens"]):
                 classes = "tok" + " erc" * erc[i] + " ratio" * rec["ratio_clipped"][i]
                 parts.append(f"<span class='{classes}' style='background:{colour(rec['rho'][i], rec['band'])};"
@@ -232,10 +239,37 @@ def png(run, step, to, count=6, width=96):
     return to
 
 
+def summary(run):
+    """Shares of tokens ERC and the ratio clip stopped in the records outside a step's first mini-batch (where
+    nothing can be stopped), by group: lines of text."""
+    groups = {g: [] for g in ("all", "A > 0", "A < 0", "A = 0", "number", "+ - =", "other token", "positions 1-4",
+                              "positions 5+")}
+    for rec in read(run):
+        if rec["first_minibatch"]:
+            continue
+        sign = "A > 0" if rec["advantage"] > 0 else "A < 0" if rec["advantage"] < 0 else "A = 0"
+        for i, token in enumerate(rec["tokens"]):
+            kind = ("number" if token.strip().isdigit() else "+ - =" if token.strip() in ("+", "-", "=")
+                    else "other token")
+            marks = (rec["erc_low"][i], rec["erc_high"][i], rec["ratio_clipped"][i])
+            for group in ("all", sign, kind, "positions 1-4" if i < 4 else "positions 5+"):
+                groups[group].append(marks)
+    lines = ["group | tokens | ERC clipped | of which entropy fell | ratio clip"]
+    for group, marks in groups.items():
+        if not marks:
+            continue
+        n, fell, rose, ratio = len(marks), *(sum(m[k] for m in marks) for k in range(3))
+        lines.append(f"{group} | {n} | {(fell + rose) / n:.2f} | {fell / max(1, fell + rose):.2f} | {ratio / n:.3f}")
+    return lines
+
+
 def main(argv=None):
     argv = sys.argv[1:] if argv is None else argv
     if argv[:1] == ["record"]:
         return record(argv[1:])
+    if argv[:1] == ["summary"] and len(argv) == 2:
+        print("\n".join(summary(argv[1])))
+        return
     if argv[:1] == ["page"] and len(argv) == 2:
         print(page(argv[1]))
         return
