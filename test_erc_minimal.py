@@ -1186,18 +1186,25 @@ def test_ablation_kl_cov(tmp_path):
     logp, old, adv, mask = grid()
     n = mask.sum()
     cfg = P.Config(algo="kl_cov", kl_cov_ratio=4 / n.item(), kl_cov_coef=0.5)
-    cov = centred_covariance(logp, adv, mask).masked_fill(mask == 0, -torch.inf)
-    top = torch.zeros(cov.numel(), dtype=torch.bool)
-    top[cov.flatten().argsort(descending=True)[:4]] = True
-    top = top.view_as(cov)
     log_r = (logp - old) * mask
     r = log_r.exp()
-    loss, grad, stats = patched_loss_and_grad(P, logp, old, adv, mask, cfg)
-    expected_value = ((-adv[:, None] * r + 0.5 * top * log_r.abs()) * mask).sum() / n
-    expected_grad = (-adv[:, None] * r + 0.5 * top * log_r.sign()) * mask / n
-    torch.testing.assert_close(loss, expected_value)
-    torch.testing.assert_close(grad, expected_grad)
-    assert stats["kl_cov_frac"] == pytest.approx(4 / n.item()) and (top & (log_r != 0)).sum() > 0
+    picked = []
+    for advantages in (adv, adv + 2.0):  # all positive: only a centred A ranks tokens as the covariance does
+        cov = centred_covariance(logp, advantages, mask).masked_fill(mask == 0, -torch.inf)
+        top = torch.zeros(cov.numel(), dtype=torch.bool)
+        top[cov.flatten().argsort(descending=True)[:4]] = True
+        top = top.view_as(cov)
+        loss, grad, stats = patched_loss_and_grad(P, logp, old, advantages, mask, cfg)
+        expected_value = ((-advantages[:, None] * r + 0.5 * top * log_r.abs()) * mask).sum() / n
+        expected_grad = (-advantages[:, None] * r + 0.5 * top * log_r.sign()) * mask / n
+        torch.testing.assert_close(loss, expected_value)
+        torch.testing.assert_close(grad, expected_grad)
+        assert stats["kl_cov_frac"] == pytest.approx(4 / n.item()) and (top & (log_r != 0)).sum() > 0
+        picked.append(top)
+    assert torch.equal(*picked)  # Cov is blind to the shift; an uncentred A (A x centred log pi) is not:
+    uncentred = ((adv + 2.0)[:, None] * (logp - logp[mask.bool()].mean())).masked_fill(mask == 0, -torch.inf)
+    assert not set(uncentred.flatten().argsort(descending=True)[:4].tolist()) == set(picked[0].flatten().nonzero()
+                                                                                   .flatten().tolist())
     rows = P.main(tiny_argv(tmp_path / "run", "--algo", "kl_cov", "--steps", "3"))
     assert all("kl_cov_frac" in r for r in rows)
 
