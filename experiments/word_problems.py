@@ -8,7 +8,8 @@ Each model (`smollm2`, a checkpoint, or a run folder: its newest checkpoint) is 
 erc_minimal's own evaluate at the smol preset's settings (greedy accuracy; avg@4 and pass@4 at temperature 1,
 seeded) and its greedy answers are read once more: `sum_answer` is the share of problems answered with the sum of
 their two numbers ("5 boxes with 6 books in each" -> 11), the mistake a model trained on sums alone would make.
-Printed: one table row per model and kind; --out writes the numbers and two greedy answers per kind.
+Printed: one row per model and kind, then mean ± std over the seeds of each arm (RUNS/ARM/seedS); --out writes
+the numbers and two greedy answers per kind; --summary FILE... prints the arms' table of saved results.
 """
 import argparse
 import json
@@ -49,12 +50,38 @@ def evaluate_model(model, tokenizer, problems, cfg):
                           for p, a in list(zip(problems, answers))[:2]])
 
 
+def arm(target):
+    """A checkpoint's arm: RUNS/ARM/seedS/checkpoint-N -> ARM; any other model is its own arm."""
+    path = Path(target)
+    return path.parent.parent.name if path.name.startswith("checkpoint-") else str(target)
+
+
+def summary(results):
+    """Mean ± std over the seeds of each arm, per kind: lines of a markdown table."""
+    import statistics
+    groups = {}
+    for r in results:
+        groups.setdefault((arm(r["model"]), r["kind"]), []).append(r)
+    lines = ["| model | kind | seeds | greedy | avg@4 | pass@4 | answered with the sum |", "|---" * 7 + "|"]
+    for (name, kind), rows in groups.items():
+        cell = lambda key: (f"{statistics.mean(r[key] for r in rows):.2f}"
+                            + (f" ± {statistics.stdev(r[key] for r in rows):.2f}" if len(rows) > 1 else ""))
+        lines.append(f"| {name} | {kind} | {len(rows)} | {cell('eval_greedy')} | {cell('eval_avg@4')} | "
+                     f"{cell('eval_pass@4')} | {cell('sum_answer')} |")
+    return lines
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("models", nargs="+", help="smollm2, checkpoint folders or run folders")
+    parser.add_argument("models", nargs="*", help="smollm2, checkpoint folders or run folders")
+    parser.add_argument("--summary", nargs="+", metavar="JSON", help="only print the per-arm table of saved results")
     parser.add_argument("--out", help="write the results here as JSON")
     parser.add_argument("--threads", type=int, default=None, help="CPU threads for torch")
     args = parser.parse_args(argv)
+    if args.summary:
+        results = [r for f in args.summary for r in json.loads(Path(f).read_text())]
+        print("\n".join(summary(results)))
+        return results
     smol.install()
     cfg = E.Config(preset="smol", eval_samples=4, eval_temperature=1.0, seed=0)
     if args.threads:
@@ -71,6 +98,7 @@ def main(argv=None):
                   f"{result['eval_pass@4']:.2f} | {result['sum_answer']:.2f}", flush=True)
     if args.out:
         Path(args.out).write_text(json.dumps(results, indent=1))
+    print("\n".join(summary(results)))
     return results
 
 
