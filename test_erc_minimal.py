@@ -2192,7 +2192,8 @@ def test_erc_tokens_records_what_the_update_saw(tmp_path, monkeypatch):
 
 def test_word_problems_are_labelled_right_and_not_the_presets():
     """experiments/word_problems.jsonl: 20 problems of each kind, each gold answer the kind's operation on the
-    two numbers its question states (in order), sharing exact; no question from the smol preset's generator."""
+    two numbers its question states (in order), sharing exact; no question from the smol preset's generator; the
+    per-arm table averages seeds of one arm and keeps other models apart."""
     import re
     tool = load_script(os.path.join(os.path.dirname(E.__file__), "experiments", "word_problems.py"))
     generated = set(load_script(os.path.join(os.path.dirname(E.__file__), "experiments", "smol.py"))
