@@ -2215,3 +2215,12 @@ def test_word_problems_are_labelled_right_and_not_the_presets():
                for s, g in ((0, 0.0), (1, 1.0))] + [dict(result, model="smollm2", eval_greedy=0.1)]
     assert tool.summary(results)[2:] == ["| gppo_erc | sharing | 2 | 0.50 ± 0.71 | 0.50 ± 0.00 | 1.00 ± 0.00 | "
                                          "0.25 ± 0.00 |", "| smollm2 | sharing | 1 | 0.10 | 0.50 | 1.00 | 0.25 |"]
+
+
+def test_gpu_costs_runs_its_two_measurements():
+    """bench/gpu_costs.py --small on a CPU: the script's own output layer timed through forward and backward
+    (its gradient reaches the hidden states), and a profiled generate of 8 decoding steps; no kernels on a CPU."""
+    tool = load_script(os.path.join(os.path.dirname(E.__file__), "bench", "gpu_costs.py"))
+    result = tool.main(["--small"])
+    assert all(math.isfinite(result[k]) and result[k] > 0 for k in ("fp32_us", "bf16_us", "decode_wall_ms"))
+    assert result["decode_gpu_ms"] == 0.0
