@@ -2210,11 +2210,15 @@ def test_word_problems_are_labelled_right_and_not_the_presets():
             assert p["question"] not in generated and not re.search(r"has \d+ \w+ and (gets|finds|buys)", p["question"])
             assert kind != "sum" or a < 10 and b < 10  # one-digit, as the preset's; the two-digit kind is not
             assert kind != "two-digit sum" or a >= 10 and b >= 10
-    result = dict(kind="sharing", **{"eval_avg@4": 0.5, "eval_pass@4": 1.0, "sum_answer": 0.25})
+    cases = {"There are 5 + 6 = 11 books": True, "5+6=11": True, "15 + 6 = 21": False, "5 + 60": False,
+             "6 + 5 = 11": False, "5 x 6 = 30": False}
+    assert {text: tool.writes_a_plus_b(text, [5, 6]) for text in cases} == cases
+    result = dict(kind="sharing", **{"eval_avg@4": 0.5, "eval_pass@4": 1.0, "writes_sum": 0.5, "sum_answer": 0.25})
     results = [dict(result, model=f"runs/smol_grid/gppo_erc/seed{s}/checkpoint-30", eval_greedy=g)
                for s, g in ((0, 0.0), (1, 1.0))] + [dict(result, model="smollm2", eval_greedy=0.1)]
     assert tool.summary(results)[2:] == ["| gppo_erc | sharing | 2 | 0.50 ± 0.71 | 0.50 ± 0.00 | 1.00 ± 0.00 | "
-                                         "0.25 ± 0.00 |", "| smollm2 | sharing | 1 | 0.10 | 0.50 | 1.00 | 0.25 |"]
+                                         "0.50 ± 0.00 | 0.25 ± 0.00 |",
+                                         "| smollm2 | sharing | 1 | 0.10 | 0.50 | 1.00 | 0.50 | 0.25 |"]
 
 
 def test_gpu_costs_runs_its_two_measurements():

@@ -6,13 +6,15 @@ multiplication and sharing; none from the preset's templates), asked the way the
 
 Each model (`smollm2`, a checkpoint, or a run folder: its newest checkpoint) is evaluated per kind of problem with
 erc_minimal's own evaluate at the smol preset's settings (greedy accuracy; avg@4 and pass@4 at temperature 1,
-seeded) and its greedy answers are read once more: `sum_answer` is the share of problems answered with the sum of
-their two numbers ("5 boxes with 6 books in each" -> 11), the mistake a model trained on sums alone would make.
+seeded) and its greedy answers are read once more: `writes_sum` is the share of responses that write "a + b" with
+the problem's two numbers ("5 boxes with 6 books in each" -> "5 + 6 = 11"), the habit a model trained on sums
+alone would carry over, and `sum_answer` the share whose final answer is that sum.
 Printed: one row per model and kind, then mean ± std over the seeds of each arm (RUNS/ARM/seedS); --out writes
-the numbers and two greedy answers per kind; --summary FILE... prints the arms' table of saved results.
+the numbers and every greedy answer; --summary FILE... prints the arms' table of saved results.
 """
 import argparse
 import json
+import re
 import sys
 from pathlib import Path
 
@@ -35,6 +37,11 @@ def by_kind(path=PROBLEMS):
     return kinds
 
 
+def writes_a_plus_b(text, numbers):
+    """Whether text writes the sum of the problem's two numbers, in their order: '5 + 6', '5+6'."""
+    return re.search(r"\b{} ?\+ ?{}\b".format(*numbers), text) is not None
+
+
 def evaluate_model(model, tokenizer, problems, cfg):
     """erc_minimal's evaluate on one kind, plus the greedy answers, correctness and sum_answer share."""
     prompts = [E.format_prompt(p["question"], tokenizer, cfg.instruction) for p in problems]
@@ -44,10 +51,10 @@ def evaluate_model(model, tokenizer, problems, cfg):
     answers = tokenizer.batch_decode(ids[:, -response_mask.shape[1]:], skip_special_tokens=True)
     correct = [E.reward_fn(a, p["answer"]) for a, p in zip(answers, problems)]
     sums = [E.reward_fn(a, str(sum(p["numbers"]))) for a, p in zip(answers, problems)]
+    writes = [writes_a_plus_b(a, p["numbers"]) for a, p in zip(answers, problems)]
     assert abs(sum(correct) / len(correct) - result["eval_greedy"]) < 1e-6  # the greedy answers evaluate saw
-    return dict(result, sum_answer=sum(sums) / len(sums),
-                examples=[dict(question=p["question"], answer=a.strip(), gold=p["answer"])
-                          for p, a in list(zip(problems, answers))[:2]])
+    return dict(result, sum_answer=sum(sums) / len(sums), writes_sum=sum(writes) / len(writes),
+                answers=[dict(question=p["question"], answer=a, gold=p["answer"]) for p, a in zip(problems, answers)])
 
 
 def arm(target):
@@ -62,12 +69,12 @@ def summary(results):
     groups = {}
     for r in results:
         groups.setdefault((arm(r["model"]), r["kind"]), []).append(r)
-    lines = ["| model | kind | seeds | greedy | avg@4 | pass@4 | answered with the sum |", "|---" * 7 + "|"]
+    lines = ["| model | kind | seeds | greedy | avg@4 | pass@4 | writes a + b | answers a + b |", "|---" * 8 + "|"]
     for (name, kind), rows in groups.items():
         cell = lambda key: (f"{statistics.mean(r[key] for r in rows):.2f}"
                             + (f" ± {statistics.stdev(r[key] for r in rows):.2f}" if len(rows) > 1 else ""))
         lines.append(f"| {name} | {kind} | {len(rows)} | {cell('eval_greedy')} | {cell('eval_avg@4')} | "
-                     f"{cell('eval_pass@4')} | {cell('sum_answer')} |")
+                     f"{cell('eval_pass@4')} | {cell('writes_sum')} | {cell('sum_answer')} |")
     return lines
 
 
@@ -87,7 +94,7 @@ def main(argv=None):
     if args.threads:
         torch.set_num_threads(args.threads)
     kinds, results = by_kind(), []
-    print("model | kind | greedy | avg@4 | pass@4 | answered with the sum")
+    print("model | kind | greedy | avg@4 | pass@4 | writes a + b | answers a + b")
     for name in args.models:
         target = E.checkpoints(name)[-1] if E.checkpoints(name) else name
         model, tokenizer = E.load_model_and_tokenizer(target, "cpu")
@@ -95,7 +102,7 @@ def main(argv=None):
             result = dict(model=target, kind=kind, **evaluate_model(model, tokenizer, problems, cfg))
             results.append(result)
             print(f"{target} | {kind} | {result['eval_greedy']:.2f} | {result['eval_avg@4']:.2f} | "
-                  f"{result['eval_pass@4']:.2f} | {result['sum_answer']:.2f}", flush=True)
+                  f"{result['eval_pass@4']:.2f} | {result['writes_sum']:.2f} | {result['sum_answer']:.2f}", flush=True)
     if args.out:
         Path(args.out).write_text(json.dumps(results, indent=1))
     print("\n".join(summary(results)))
