@@ -3,6 +3,7 @@ SmolLM2-135M-Instruct, at 8 mini-batches, 3 seeds each. The criteria are in docs
 
     python experiments/smol_grid.py grid     # the jobs below, in order, two at a time with one thread each
     python experiments/smol_grid.py report   # docs/smol_grid.md and docs/smol_grid.png, through compare.py
+    python experiments/smol_grid.py report experiments/results/smol_grid   # the same, from the committed runs
 
 `grid` runs erc_minimal's own main in two worker processes and skips finished jobs (stopped, it resumes from
 the last checkpoint). Jobs run in the order of JOBS: when time runs out, the arms at the end are the ones dropped.
@@ -91,11 +92,12 @@ def grid():
     print(f"grid: {time.time() - started:.0f} s")
 
 
-def finished():
-    """{arm: [run folder per seed]} of the arms whose every seed reached step 30, in the order of ARMS."""
+def finished(runs=RUNS):
+    """{arm: [run folder per seed]} of the arms whose every seed logged step 30, in the order of ARMS."""
     seeds = {arm: [s for a, s in JOBS if a == arm] for arm in ARMS}
-    return {arm: [str(RUNS / arm / f"seed{s}") for s in seeds[arm]] for arm in ARMS
-            if all((RUNS / arm / f"seed{s}" / "checkpoint-30").exists() for s in seeds[arm])}
+    done = lambda run: (run / "metrics.jsonl").exists() and 30 in [r["step"] for r in read_metrics(run)]
+    return {arm: [str(runs / arm / f"seed{s}") for s in seeds[arm]] for arm in ARMS
+            if all(done(runs / arm / f"seed{s}") for s in seeds[arm])}
 
 
 def verdicts(values):
@@ -164,8 +166,8 @@ def identical(a, b):
                                               for k in x.keys() & y.keys() if not k.endswith("_time"))
 
 
-def report():
-    arms = finished()
+def report(runs=RUNS):
+    arms = finished(Path(runs))
     values, everything = compare(arms)
     lines = table({arm: values[arm] for arm in ("gppo_erc", "gppo")})
     seconds = {arm: [float(re.search(r"done in (\d+) s", Path(run + ".log").read_text()).group(1)) for run in runs]
@@ -194,8 +196,8 @@ def report():
 if __name__ == "__main__":
     if sys.argv[1:] == ["grid"]:
         grid()
-    elif sys.argv[1:] == ["report"]:
-        report()
+    elif sys.argv[1:2] == ["report"] and len(sys.argv) <= 3:
+        report(*sys.argv[2:])
     else:
-        print("usage: python experiments/smol_grid.py grid|report", file=sys.stderr)
+        print("usage: python experiments/smol_grid.py grid | report [FOLDER]", file=sys.stderr)
         sys.exit(2)

@@ -103,8 +103,8 @@ def main(argv=None):
             results.append(result)
             print(f"{target} | {kind} | {result['eval_greedy']:.2f} | {result['eval_avg@4']:.2f} | "
                   f"{result['eval_pass@4']:.2f} | {result['writes_sum']:.2f} | {result['sum_answer']:.2f}", flush=True)
-    if args.out:
-        Path(args.out).write_text(json.dumps(results, indent=1))
+        if args.out:  # after each model, so a stopped run keeps the models it finished
+            Path(args.out).write_text(json.dumps(results, indent=1))
     print("\n".join(summary(results)))
     return results
 
