@@ -2216,9 +2216,11 @@ def test_word_problems_are_labelled_right_and_not_the_presets():
     result = dict(kind="sharing", **{"eval_avg@4": 0.5, "eval_pass@4": 1.0, "writes_sum": 0.5, "sum_answer": 0.25})
     results = [dict(result, model=f"runs/smol_grid/gppo_erc/seed{s}/checkpoint-30", eval_greedy=g)
                for s, g in ((0, 0.0), (1, 1.0))] + [dict(result, model="smollm2", eval_greedy=0.1)]
-    assert tool.summary(results)[2:] == ["| gppo_erc | sharing | 2 | 0.50 ± 0.71 | 0.50 ± 0.00 | 1.00 ± 0.00 | "
+    results.append(dict(result, model="runs/smol_grid/gppo_erc/seed0/checkpoint-30", eval_greedy=0.9, max_new_tokens=48))
+    assert tool.summary(results)[2:] == ["| gppo_erc | 16 | sharing | 2 | 0.50 ± 0.71 | 0.50 ± 0.00 | 1.00 ± 0.00 | "
                                          "0.50 ± 0.00 | 0.25 ± 0.00 |",
-                                         "| smollm2 | sharing | 1 | 0.10 | 0.50 | 1.00 | 0.50 | 0.25 |"]
+                                         "| smollm2 | 16 | sharing | 1 | 0.10 | 0.50 | 1.00 | 0.50 | 0.25 |",
+                                         "| gppo_erc | 48 | sharing | 1 | 0.90 | 0.50 | 1.00 | 0.50 | 0.25 |"]
 
 
 def test_gpu_costs_runs_its_two_measurements():

@@ -9,7 +9,9 @@ erc_minimal's own evaluate at the smol preset's settings (greedy accuracy; avg@4
 seeded) and its greedy answers are read once more: `writes_sum` is the share of responses that write "a + b" with
 the problem's two numbers ("5 boxes with 6 books in each" -> "5 + 6 = 11"), the habit a model trained on sums
 alone would carry over, and `sum_answer` the share whose final answer is that sum.
-Printed: one row per model and kind, then mean ± std over the seeds of each arm (RUNS/ARM/seedS); --out writes
+--max-new-tokens 48 is the control for the preset's 16 tokens, in which a restated question can leave no room
+for the answer. Printed: one row per model and kind, then mean ± std over the seeds of each arm (RUNS/ARM/seedS)
+and response length; --out writes
 the numbers and every greedy answer; --summary FILE... prints the arms' table of saved results.
 """
 import argparse
@@ -64,16 +66,17 @@ def arm(target):
 
 
 def summary(results):
-    """Mean ± std over the seeds of each arm, per kind: lines of a markdown table."""
+    """Mean ± std over the seeds of each arm, per response length and kind: lines of a markdown table."""
     import statistics
     groups = {}
     for r in results:
-        groups.setdefault((arm(r["model"]), r["kind"]), []).append(r)
-    lines = ["| model | kind | seeds | greedy | avg@4 | pass@4 | writes a + b | answers a + b |", "|---" * 8 + "|"]
-    for (name, kind), rows in groups.items():
+        groups.setdefault((arm(r["model"]), r.get("max_new_tokens", 16), r["kind"]), []).append(r)
+    lines = ["| model | tokens | kind | seeds | greedy | avg@4 | pass@4 | writes a + b | answers a + b |",
+             "|---" * 9 + "|"]
+    for (name, tokens, kind), rows in groups.items():
         cell = lambda key: (f"{statistics.mean(r[key] for r in rows):.2f}"
                             + (f" ± {statistics.stdev(r[key] for r in rows):.2f}" if len(rows) > 1 else ""))
-        lines.append(f"| {name} | {kind} | {len(rows)} | {cell('eval_greedy')} | {cell('eval_avg@4')} | "
+        lines.append(f"| {name} | {tokens} | {kind} | {len(rows)} | {cell('eval_greedy')} | {cell('eval_avg@4')} | "
                      f"{cell('eval_pass@4')} | {cell('writes_sum')} | {cell('sum_answer')} |")
     return lines
 
@@ -84,13 +87,16 @@ def main(argv=None):
     parser.add_argument("--summary", nargs="+", metavar="JSON", help="only print the per-arm table of saved results")
     parser.add_argument("--out", help="write the results here as JSON")
     parser.add_argument("--threads", type=int, default=None, help="CPU threads for torch")
+    parser.add_argument("--max-new-tokens", type=int, default=None,
+                        help="response length (default: the smol preset's 16, at which most of these responses stop)")
     args = parser.parse_args(argv)
     if args.summary:
         results = [r for f in args.summary for r in json.loads(Path(f).read_text())]
         print("\n".join(summary(results)))
         return results
     smol.install()
-    cfg = E.Config(preset="smol", eval_samples=4, eval_temperature=1.0, seed=0)
+    longer = {"max_new_tokens": args.max_new_tokens} if args.max_new_tokens else {}
+    cfg = E.Config(preset="smol", eval_samples=4, eval_temperature=1.0, seed=0, **longer)
     if args.threads:
         torch.set_num_threads(args.threads)
     kinds, results = by_kind(), []
@@ -99,7 +105,8 @@ def main(argv=None):
         target = E.checkpoints(name)[-1] if E.checkpoints(name) else name
         model, tokenizer = E.load_model_and_tokenizer(target, "cpu")
         for kind, problems in kinds.items():
-            result = dict(model=target, kind=kind, **evaluate_model(model, tokenizer, problems, cfg))
+            result = dict(model=target, kind=kind, max_new_tokens=cfg.max_new_tokens,
+                          **evaluate_model(model, tokenizer, problems, cfg))
             results.append(result)
             print(f"{target} | {kind} | {result['eval_greedy']:.2f} | {result['eval_avg@4']:.2f} | "
                   f"{result['eval_pass@4']:.2f} | {result['writes_sum']:.2f} | {result['sum_answer']:.2f}", flush=True)
