@@ -2192,8 +2192,9 @@ def test_erc_tokens_records_what_the_update_saw(tmp_path, monkeypatch):
 
 def test_word_problems_are_labelled_right_and_not_the_presets():
     """experiments/word_problems.jsonl: 20 problems of each kind, each gold answer the kind's operation on the
-    two numbers its question states (in order), sharing exact; no question from the smol preset's generator; the
-    per-arm table averages seeds of one arm and keeps other models apart."""
+    two numbers its question states (in order), sharing exact; no question from the smol preset's generator; a
+    response at the length limit told from one that ended; the per-arm table averages seeds of one arm and keeps
+    other models apart."""
     import re
     tool = load_script(os.path.join(os.path.dirname(E.__file__), "experiments", "word_problems.py"))
     generated = set(load_script(os.path.join(os.path.dirname(E.__file__), "experiments", "smol.py"))
@@ -2213,14 +2214,18 @@ def test_word_problems_are_labelled_right_and_not_the_presets():
     cases = {"There are 5 + 6 = 11 books": True, "5+6=11": True, "15 + 6 = 21": False, "5 + 60": False,
              "6 + 5 = 11": False, "5 x 6 = 30": False}
     assert {text: tool.writes_a_plus_b(text, [5, 6]) for text in cases} == cases
-    result = dict(kind="sharing", **{"eval_avg@4": 0.5, "eval_pass@4": 1.0, "writes_sum": 0.5, "sum_answer": 0.25})
+    mask = torch.tensor([[1, 1, 1], [1, 1, 0], [1, 0, 0]])  # used all 3 tokens, ended at 2, ended at 1
+    assert tool.at_limit(mask, 3).tolist() == [True, False, False]
+    assert tool.at_limit(mask, 4).tolist() == [False, False, False]  # generation stopped before the limit
+    result = dict(kind="sharing", **{"eval_avg@4": 0.5, "eval_pass@4": 1.0, "writes_sum": 0.5, "sum_answer": 0.25,
+                                     "at_limit": 0.75})
     results = [dict(result, model=f"runs/smol_grid/gppo_erc/seed{s}/checkpoint-30", eval_greedy=g)
                for s, g in ((0, 0.0), (1, 1.0))] + [dict(result, model="smollm2", eval_greedy=0.1)]
     results.append(dict(result, model="runs/smol_grid/gppo_erc/seed0/checkpoint-30", eval_greedy=0.9, max_new_tokens=48))
     assert tool.summary(results)[2:] == ["| gppo_erc | 16 | sharing | 2 | 0.50 ± 0.71 | 0.50 ± 0.00 | 1.00 ± 0.00 | "
-                                         "0.50 ± 0.00 | 0.25 ± 0.00 |",
-                                         "| smollm2 | 16 | sharing | 1 | 0.10 | 0.50 | 1.00 | 0.50 | 0.25 |",
-                                         "| gppo_erc | 48 | sharing | 1 | 0.90 | 0.50 | 1.00 | 0.50 | 0.25 |"]
+                                         "0.50 ± 0.00 | 0.25 ± 0.00 | 0.75 ± 0.00 |",
+                                         "| smollm2 | 16 | sharing | 1 | 0.10 | 0.50 | 1.00 | 0.50 | 0.25 | 0.75 |",
+                                         "| gppo_erc | 48 | sharing | 1 | 0.90 | 0.50 | 1.00 | 0.50 | 0.25 | 0.75 |"]
 
 
 def test_gpu_costs_runs_its_two_measurements():

@@ -230,6 +230,12 @@ MUTATIONS = [
      "if differs(on[key], drop[key]) == -1:", "if differs(on[key], drop[key]) == 1:", "experiments/smol_grid.py"),
     ("smol grid: the lead's 'as low as ERC' without ERC's spread",
      "<= statistics.mean(on[key]) + spread(on[key]):", "<= statistics.mean(on[key]):", "experiments/smol_grid.py"),
+    ("word problems: a + b read in the other order",
+     'r"\\b{} ?\\+ ?{}\\b".format(*numbers), text)', 'r"\\b{} ?\\+ ?{}\\b".format(*numbers[::-1]), text)',
+     "experiments/word_problems.py"),
+    ("word problems: a response that ended early counted at the limit",
+     "(response_mask[:, -1] == 1) & (response_mask.shape[1] == max_new_tokens)", "(response_mask[:, -1] == 1)",
+     "experiments/word_problems.py"),
 ]
 
 

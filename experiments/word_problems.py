@@ -8,7 +8,8 @@ Each model (`smollm2`, a checkpoint, or a run folder: its newest checkpoint) is 
 erc_minimal's own evaluate at the smol preset's settings (greedy accuracy; avg@4 and pass@4 at temperature 1,
 seeded) and its greedy answers are read once more: `writes_sum` is the share of responses that write "a + b" with
 the problem's two numbers ("5 boxes with 6 books in each" -> "5 + 6 = 11"), the habit a model trained on sums
-alone would carry over, and `sum_answer` the share whose final answer is that sum.
+alone would carry over, `sum_answer` the share whose final answer is that sum, and `at_limit` the share that
+used every token of the response length (cut off before an answer, most often).
 --max-new-tokens 48 is the control for the preset's 16 tokens, in which a restated question can leave no room
 for the answer. Printed: one row per model and kind, then mean ± std over the seeds of each arm (RUNS/ARM/seedS)
 and response length; --out writes
@@ -44,6 +45,11 @@ def writes_a_plus_b(text, numbers):
     return re.search(r"\b{} ?\+ ?{}\b".format(*numbers), text) is not None
 
 
+def at_limit(response_mask, max_new_tokens):
+    """[B] bool: the response used every one of max_new_tokens (cut off, or ended on the very last token)."""
+    return (response_mask[:, -1] == 1) & (response_mask.shape[1] == max_new_tokens)
+
+
 def evaluate_model(model, tokenizer, problems, cfg):
     """erc_minimal's evaluate on one kind, plus the greedy answers, correctness and sum_answer share."""
     prompts = [E.format_prompt(p["question"], tokenizer, cfg.instruction) for p in problems]
@@ -54,9 +60,12 @@ def evaluate_model(model, tokenizer, problems, cfg):
     correct = [E.reward_fn(a, p["answer"]) for a, p in zip(answers, problems)]
     sums = [E.reward_fn(a, str(sum(p["numbers"]))) for a, p in zip(answers, problems)]
     writes = [writes_a_plus_b(a, p["numbers"]) for a, p in zip(answers, problems)]
+    cut = at_limit(response_mask, cfg.max_new_tokens).tolist()  # [B]
     assert abs(sum(correct) / len(correct) - result["eval_greedy"]) < 1e-6  # the greedy answers evaluate saw
+    saved = [dict(question=p["question"], answer=a, gold=p["answer"], at_limit=c)
+             for p, a, c in zip(problems, answers, cut)]
     return dict(result, sum_answer=sum(sums) / len(sums), writes_sum=sum(writes) / len(writes),
-                answers=[dict(question=p["question"], answer=a, gold=p["answer"]) for p, a in zip(problems, answers)])
+                at_limit=sum(cut) / len(cut), answers=saved)
 
 
 def arm(target):
@@ -71,13 +80,13 @@ def summary(results):
     groups = {}
     for r in results:
         groups.setdefault((arm(r["model"]), r.get("max_new_tokens", 16), r["kind"]), []).append(r)
-    lines = ["| model | tokens | kind | seeds | greedy | avg@4 | pass@4 | writes a + b | answers a + b |",
-             "|---" * 9 + "|"]
+    lines = ["| model | tokens | kind | seeds | greedy | avg@4 | pass@4 | writes a + b | answers a + b "
+             "| at the limit |", "|---" * 10 + "|"]
     for (name, tokens, kind), rows in groups.items():
         cell = lambda key: (f"{statistics.mean(r[key] for r in rows):.2f}"
                             + (f" ± {statistics.stdev(r[key] for r in rows):.2f}" if len(rows) > 1 else ""))
         lines.append(f"| {name} | {tokens} | {kind} | {len(rows)} | {cell('eval_greedy')} | {cell('eval_avg@4')} | "
-                     f"{cell('eval_pass@4')} | {cell('writes_sum')} | {cell('sum_answer')} |")
+                     f"{cell('eval_pass@4')} | {cell('writes_sum')} | {cell('sum_answer')} | {cell('at_limit')} |")
     return lines
 
 
@@ -100,7 +109,7 @@ def main(argv=None):
     if args.threads:
         torch.set_num_threads(args.threads)
     kinds, results = by_kind(), []
-    print("model | kind | greedy | avg@4 | pass@4 | writes a + b | answers a + b")
+    print("model | kind | greedy | avg@4 | pass@4 | writes a + b | answers a + b | at the limit")
     for name in args.models:
         target = E.checkpoints(name)[-1] if E.checkpoints(name) else name
         model, tokenizer = E.load_model_and_tokenizer(target, "cpu")
@@ -109,7 +118,8 @@ def main(argv=None):
                           **evaluate_model(model, tokenizer, problems, cfg))
             results.append(result)
             print(f"{target} | {kind} | {result['eval_greedy']:.2f} | {result['eval_avg@4']:.2f} | "
-                  f"{result['eval_pass@4']:.2f} | {result['writes_sum']:.2f} | {result['sum_answer']:.2f}", flush=True)
+                  f"{result['eval_pass@4']:.2f} | {result['writes_sum']:.2f} | {result['sum_answer']:.2f} | "
+                  f"{result['at_limit']:.2f}", flush=True)
         if args.out:  # after each model, so a stopped run keeps the models it finished
             Path(args.out).write_text(json.dumps(results, indent=1))
     print("\n".join(summary(results)))
