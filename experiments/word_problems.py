@@ -9,7 +9,7 @@ erc_minimal's own evaluate at the smol preset's settings (greedy accuracy; avg@4
 seeded) and its greedy answers are read once more: `writes_sum` is the share of responses that write "a + b" with
 the problem's two numbers ("5 boxes with 6 books in each" -> "5 + 6 = 11"), the habit a model trained on sums
 alone would carry over, `sum_answer` the share whose final answer is that sum, and `at_limit` the share that
-used every token of the response length (cut off before an answer, most often).
+used every token of the response length without ending (cut off, whether or not an answer came before the cut).
 --max-new-tokens 48 is the control for the preset's 16 tokens, in which a restated question can leave no room
 for the answer. Printed: one row per model and kind, then mean ± std over the seeds of each arm (RUNS/ARM/seedS)
 and response length; --out writes
