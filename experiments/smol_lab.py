@@ -75,8 +75,8 @@ def report():
     run_seconds = [float(match.group(1) or match.group(2)) for match in done]  # "done: ..." before commit 581c013
     lines += ["", f"Seconds per step (generation + update, two runs at a time, one thread each, with tests sharing the "
               f"2 cores part of the time): {mean_std(seconds)}; a whole run {mean_std(run_seconds)} s. On 2 quiet "
-              "cores (2 threads) steps 2-4 of the preset took 16.7-19.4 s (step 1: 25.8 s), so a run of the preset "
-              "is about 13 minutes (an estimate from those steps, not a timed run).",
+              "cores (2 threads) the README's command, `python experiments/smol.py --algo gppo --erc --eval-every 10`, "
+              "took 509 s (8 min 49 s with loading; 13.7 s of rollout and update a step, 12.8-16.2; 2026-12-04).",
               "", "Per seed (greedy start -> end): " + ", ".join(
                   f"seed {s}: {a['eval_greedy']:.3f} -> {b['eval_greedy']:.3f}" for s, a, b in zip(SEEDS, start, end))]
     diag_path = RUNS / "diagnostics_seed0" / "metrics.jsonl"
