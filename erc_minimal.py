@@ -251,14 +251,14 @@ def policy_loss(logp, old_logp, advantages, response_mask, cfg, entropy, old_ent
     A = advantages[:, None]  # [B, 1]: the tokens of a response share its advantage
     lo, hi = 1 - cfg.eps_low, 1 + cfg.eps_high
     log_r = (logp - old_logp) * response_mask  # [B, T]; 0 on padding, so exp never overflows there
-    if cfg.algo == "gspo":  # [GSPO §4] s_i = exp(mean_t log r), per token as sg(s_i) pi / sg(pi) (GSPO-token)
+    if cfg.algo == "gspo":  # [GSPO §4] s_i = exp(mean_t log r), per token as sg(s_i) pi / sg(pi), GSPO-token
         log_s = log_r.sum(1, keepdim=True) / response_mask.sum(1, keepdim=True)  # [B, 1]
         r = torch.exp(log_s.detach() + logp - logp.detach())  # [B, T]: value s_i, gradient of log pi
     else:
         r = torch.exp(log_r)  # [B, T]: r = pi / pi_old, with its gradient
     sg_r = r.detach()  # sg(r): the same value, no gradient
     # --- each variant's per-token loss l [B, T]; read them side by side
-    if cfg.algo in ("grpo", "dapo", "gspo"):  # PPO-clip [DeepSeekMath §4.1; DAPO §3.1 clip-higher; GSPO §4]
+    if cfg.algo in ("grpo", "dapo", "gspo"):  # PPO-clip [DeepSeekMath §4.1; DAPO §3.1 clip-higher]
         loss_tok = torch.maximum(-A * r, -A * r.clamp(lo, hi))
     elif cfg.algo in ("gppo", "cegppo"):  # [CE-GPPO §3; GPPO is beta1 = beta2 = 1, Klear-Reasoner §3.2]
         # a clipped token keeps the clipped value and, through r / sg(r) (value 1), the gradient of r x beta
@@ -309,7 +309,7 @@ def objective(logp, entropy, micro, minibatch, cfg):
 # ================================================================== the update
 def plan_minibatches(n, cfg):
     """A shuffled epoch in mini-batches of rollout batch / --num-minibatches responses (fewer after dynamic
-    sampling, as in the authors' fork), each a list of micro-batches; scoring uses it too (formulas §6.10)."""
+    sampling, as in the authors' fork), each a list of micro-batches; scoring reuses it (formulas §6.10)."""
     size = cfg.prompts_per_step * cfg.group_size // cfg.num_minibatches
     return [mb.split(cfg.micro_batch_size or size) for mb in torch.randperm(n).split(size)]
 
