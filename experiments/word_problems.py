@@ -12,8 +12,8 @@ alone would carry over, `sum_answer` the share whose final answer is that sum, a
 used every token of the response length without ending (cut off, whether or not an answer came before the cut).
 --max-new-tokens 48 is the control for the preset's 16 tokens, in which a restated question can leave no room
 for the answer. Printed: one row per model and kind, then mean ± std over the seeds of each arm (RUNS/ARM/seedS)
-and response length; --out writes
-the numbers and every greedy answer; --summary FILE... prints the arms' table of saved results.
+and response length; --out writes the numbers and every greedy answer; --summary FILE... prints the arms' table
+of saved results.
 """
 import argparse
 import json
