@@ -7,7 +7,7 @@
 The method first, in the order a step runs, then a fence and the plumbing. Read first: train_step (one step,
 whole), policy_loss (every variant, then ERC), objective, logp_and_entropy, group_advantages. [DAPO §3.2]:
 the paper section a line implements; "formulas §n": docs/equations.md. Left out on purpose: a KL penalty (no
-released ERC recipe has one; docs/ablations/kl.patch adds it), a value model (GRPO's group baseline replaces
+released ERC recipe has one; patches/kl.patch adds it), a value model (GRPO's group baseline replaces
 it), vLLM (`generate` samples from exactly the policy being trained), several devices, trackers (each step is
 a line of OUT/metrics.jsonl). Diagnostics, the SmolLM2 preset, labs and benchmarks live in experiments/ and
 bench/ and use this file through its functions.
@@ -176,7 +176,7 @@ def response_rewards(tokenizer, input_ids, response_mask, answers, num_samples, 
 class TokenLogpAndEntropy(torch.autograd.Function):
     """log p(target) and entropy H of p = softmax(hidden @ weight.T / T) over the whole vocabulary, `chunk`
     tokens at a time, from fp32 logits whatever autocast says (formulas §6.7-6.8). Backward recomputes each
-    chunk and differentiates log p only (ERC compares H; docs/ablations/entropy_bonus.patch trains it). With
+    chunk and differentiates log p only (ERC compares H; patches/entropy_bonus.patch trains it). With
     a plain chunk function under torch.utils.checkpoint: 2.2x the update time, 4x the memory (docs/)."""
     @staticmethod
     def forward(ctx, hidden, weight, targets, temperature, chunk):  # [N, H], [V, H], [N]
@@ -198,7 +198,7 @@ class TokenLogpAndEntropy(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad_logp, grad_entropy):  # [N] each
         if grad_entropy.any():
-            raise NotImplementedError("a loss uses H's gradient: apply docs/ablations/entropy_bonus.patch")
+            raise NotImplementedError("a loss uses H's gradient: apply patches/entropy_bonus.patch")
         hidden, weight, targets, lse = ctx.saved_tensors
         c, T = ctx.chunk, ctx.temperature
         with torch.autocast(hidden.device.type, enabled=False):  # the gradient's matmuls in fp32 too
@@ -493,7 +493,7 @@ def first_line(error):
     return f"{type(error).__name__}: {(str(error).splitlines() or [''])[0]}"
 
 def load_model_and_tokenizer(name, device):
-    """'tiny', a local folder, or a hub id. experiments/smol.py wraps this for GGUF files."""
+    """'tiny', a local folder, or a hub id. tools/smol.py wraps this for GGUF files."""
     if name == "tiny":
         tokenizer = make_tiny_tokenizer()
         model = make_tiny_model(len(tokenizer))
@@ -518,7 +518,7 @@ def format_prompt(question, tokenizer, instruction):
                                          add_generation_prompt=True)
 
 def read_dataset(source, split, cfg):
-    """The raw rows of 'tiny', a local file or a hub dataset; experiments/smol.py wraps this for word sums."""
+    """The raw rows of 'tiny', a local file or a hub dataset; tools/smol.py wraps this for word sums."""
     if source == "tiny":
         return make_tiny_dataset(cfg.eval_prompts if split == "test" else 2000, cfg.seed + (split == "test"))
     suffix = Path(source).suffix

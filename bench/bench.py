@@ -75,10 +75,10 @@ def peak_memory(device):
 
 
 def patched(name):
-    """erc_minimal with docs/ablations/NAME.patch applied, imported from a temporary copy."""
+    """erc_minimal with patches/NAME.patch applied, imported from a temporary copy."""
     folder = tempfile.mkdtemp()
     shutil.copy(os.path.join(ROOT, "erc_minimal.py"), folder)
-    subprocess.run(["git", "apply", os.path.join(ROOT, "docs", "ablations", f"{name}.patch")], cwd=folder, check=True)
+    subprocess.run(["git", "apply", os.path.join(ROOT, "patches", f"{name}.patch")], cwd=folder, check=True)
     spec = importlib.util.spec_from_file_location(f"erc_minimal_{name}", os.path.join(folder, "erc_minimal.py"))
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)

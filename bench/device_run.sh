@@ -1,6 +1,6 @@
 # The GPU readings of docs/gpu.md, in one command on a CUDA machine, from the repository root:
 #     bash bench/device_run.sh            # about 6 minutes on one H200; logs in $OUT (default gpu_readings/)
-# bench/gpu_check.py with each of the README's three commands, then with the static-cache patch applied
+# tools/gpu_check.py with each of the README's three commands, then with the static-cache patch applied
 # to a copy of the script (needs `patch`). Wheels in .whl/ are installed first where present (for a
 # machine without `datasets`).
 OUT=${OUT:-gpu_readings}; mkdir -p "$OUT"
@@ -13,10 +13,10 @@ export PYTHONUNBUFFERED=1 TOKENIZERS_PARALLELISM=false
   python3 -c "import torch, transformers, datasets; print('torch', torch.__version__, 'transformers',
 transformers.__version__, 'datasets', datasets.__version__)"; } 2>&1 | tee "$OUT/env.txt"
 check() { name=$1; shift; timeout 150 python3 "$@" 2>&1 | tee "$OUT/check_$name.txt"; }
-check default bench/gpu_check.py --steps 3
-check mb4 bench/gpu_check.py --steps 3 --micro-batch-size 4
-check mb4_ckpt bench/gpu_check.py --steps 3 --micro-batch-size 4 --gradient-checkpointing
+check default tools/gpu_check.py --steps 3
+check mb4 tools/gpu_check.py --steps 3 --micro-batch-size 4
+check mb4_ckpt tools/gpu_check.py --steps 3 --micro-batch-size 4 --gradient-checkpointing
 S=/tmp/erc_static; rm -rf $S && mkdir -p $S/bench &&
-  cp erc_minimal.py $S/ && cp bench/gpu_check.py $S/bench/ &&
-  (cd $S && patch -p1 -s) < docs/ablations/static_cache.patch &&
-  check static $S/bench/gpu_check.py --steps 3 --static-cache
+  cp erc_minimal.py $S/ && cp tools/gpu_check.py $S/bench/ &&
+  (cd $S && patch -p1 -s) < patches/static_cache.patch &&
+  check static $S/tools/gpu_check.py --steps 3 --static-cache

@@ -1,4 +1,4 @@
-"""What experiments/diagnostics.py costs on the tiny preset: train time per step (the diagnostics run inside the
+"""What tools/diagnostics.py costs on the tiny preset: train time per step (the diagnostics run inside the
 step, after the updates) with and without them, in alternating fresh processes (1 thread each, 3 per side, 100 steps; the
 first 10 steps of each are left out as warm-up). Prints the medians and their ratio.
 
@@ -26,7 +26,7 @@ def train_time(script):
 def main():
     times = {"off": [], "on": []}
     for _ in range(3):
-        for side, script in (("off", "erc_minimal.py"), ("on", "experiments/diagnostics.py")):
+        for side, script in (("off", "erc_minimal.py"), ("on", "tools/diagnostics.py")):
             times[side].append(train_time(script))
             print(side, f"train {times[side][-1][0] * 1000:.1f} ms/step, rollout {times[side][-1][1] * 1000:.1f} ms/step",
                   flush=True)

@@ -1,0 +1,519 @@
+"""The run around the method: the command line, end-to-end learning, bad input, interruption and resume,
+checkpoints, the real-data path offline, evaluation."""
+import dataclasses
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+
+import pytest
+import torch
+
+import erc_minimal as E
+from helpers import comparable, load_tool
+from test_erc_minimal import recording_reward, spy_on_generate, tiny_argv, tiny_model_and_tokenizer
+
+
+def test_cli_bad_algo_is_one_line_and_exit_2(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        E.main(["--preset", "tiny", "--eps-low", "2"])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err.strip()
+    assert "eps-low" in err and len(err.splitlines()) == 1
+
+
+# ------------------------------------------------------------------ end to end
+def test_tiny_preset_learns_gppo_erc(tmp_path):
+    """The README's tiny command: reward climbs from near 0 to >= 0.8 and metrics.jsonl has every field."""
+    E.main(["--preset", "tiny", "--algo", "gppo", "--erc", "--out", str(tmp_path)])
+    rows = E.read_jsonl(tmp_path / "metrics.jsonl")
+    assert len(rows) == E.PRESETS["tiny"]["steps"]
+    for key in ("step", "reward", "entropy", "clip_frac", "erc_clip_frac", "grad_norm", "response_len",
+                "gen_time", "train_time"):
+        assert all(key in row for row in rows)
+    first = sum(r["reward"] for r in rows[:10]) / 10
+    last = sum(r["reward"] for r in rows[-20:]) / 20
+    assert first < 0.2 and last >= 0.8
+    assert any(r["erc_clip_frac"] > 0 for r in rows)  # ERC really acted after the first mini-batch
+    assert all(r["first_mb_max_ratio_err"] <= 1e-6 and r["first_mb_erc_clip_frac"] == 0 for r in rows)
+
+
+def test_tiny_preset_learns_with_bf16_on_cpu(tmp_path):
+    """The GPU precision path (bf16 autocast, bf16 sampler refreshed after every update) on a CPU: 40 steps at
+    lr 1e-3 lift the reward from ~0.05 (a stale sampler stays there) and the noise floor stays at 0."""
+    rows = E.main(tiny_argv(tmp_path, "--algo", "gppo", "--erc", "--bf16", "--steps", "40", "--lr", "1e-3",
+                            "--prompts-per-step", "16"))
+    first = sum(r["reward"] for r in rows[:10]) / 10
+    last = sum(r["reward"] for r in rows[-10:]) / 10
+    assert first < 0.08 and last > 0.12 and last > 2 * first
+    assert all(r["first_mb_max_ratio_err"] <= 1e-6 and r["first_mb_erc_clip_frac"] == 0 for r in rows)
+
+
+@pytest.mark.parametrize("extra,expected", [
+    (["--algo", "ppo"], "unknown --algo"),
+    (["--eps-low", "0"], "--eps-low"),
+    (["--eps-low", "1.5"], "--eps-low"),
+    (["--eps-high", "-0.1"], "--eps-high"),
+    (["--clip-c", "1"], "--clip-c"),
+    (["--erc", "--erc-low", "1.1", "--erc-high", "1.05"], "--erc-low"),
+    (["--erc-low", "0"], "--erc-low"),
+    (["--beta2", "-1"], "--beta2 must be >= 0"),
+    (["--group-size", "1"], "--group-size"),
+    (["--steps", "0"], "must be > 0"),
+    (["--prompts-per-step", "-4"], "must be > 0"),
+    (["--max-new-tokens", "0"], "must be > 0"),
+    (["--num-minibatches", "3"], "must divide the rollout batch"),
+    (["--dataset", "/nonexistent/data.jsonl"], "cannot load dataset '/nonexistent/data.jsonl'"),
+    (["--model", "/nonexistent/model"], "cannot load model '/nonexistent/model'"),
+    (["--steps", "abc"], "invalid int value"),
+    (["--ercc"], "unrecognized arguments"),
+    (["--erc-high", "1.1"], "act only with --erc"),
+    (["--beta1", "0.5"], "act only with --algo gppo or cegppo"),
+    (["--erc-low", "0.95"], "act only with --erc"),
+    (["--oversample", "1"], "--oversample acts only with --dynamic-sampling"),
+    (["--lr", "-1"], "--lr"),
+    (["--log-every", "0"], "--log-every"),
+])
+def test_bad_input_is_one_line_exit_2(tmp_path, capsys, extra, expected):
+    with pytest.raises(SystemExit) as exit_info:
+        E.main(tiny_argv(tmp_path / "run", *extra))
+    err = capsys.readouterr().err.strip()
+    assert exit_info.value.code == 2 and len(err.splitlines()) == 1 and expected in err, err
+    assert not (tmp_path / "run" / "metrics.jsonl").exists()  # nothing half-written
+
+
+def test_dataset_without_the_field_names_its_fields(tmp_path, capsys):
+    data = tmp_path / "data.jsonl"
+    data.write_text('{"problem": "1+1=", "solution": "2"}\n')
+    with pytest.raises(SystemExit):
+        E.main(tiny_argv(tmp_path / "run", "--dataset", str(data), "--prompt-field", "problem"))
+    err = capsys.readouterr().err
+    assert "no field 'answer'" in err and "problem" in err and "solution" in err
+
+
+@pytest.mark.parametrize("from_checkpoint", [False, True])
+def test_prompts_the_tokenizer_cannot_reproduce_stop_the_run(tmp_path, capsys, from_checkpoint):
+    """Every prompt must decode back to itself through the tokenizer in use, the tiny one or a tiny checkpoint's
+    passed as --model: English text (whose letters the tiny tokenizer maps to EOS) is one line, exit 2, before
+    anything is written."""
+    data = tmp_path / "data.jsonl"
+    data.write_text('{"question": "What is 4 plus 2?", "answer": "6"}\n')
+    model = ["--model", str(tmp_path / "ckpt" / "checkpoint-1")] if from_checkpoint else []
+    if from_checkpoint:
+        E.main(tiny_argv(tmp_path / "ckpt", "--steps", "1"))
+        capsys.readouterr()
+    with pytest.raises(SystemExit) as exit_info:
+        E.main(tiny_argv(tmp_path / "run", "--dataset", str(data), *model))
+    err = capsys.readouterr().err.strip()
+    assert exit_info.value.code == 2 and len(err.splitlines()) == 1 and not (tmp_path / "run").exists()
+    assert "'What is 4 plus 2?'" in err and "knows only" in err
+
+
+def test_local_dataset_file_trains(tmp_path):
+    data = tmp_path / "data.jsonl"
+    data.write_text("".join(f'{{"q": "{a}+{b}=", "a": "#### {a + b}"}}\n' for a in range(5) for b in range(5)))
+    rows = E.main(tiny_argv(tmp_path / "run", "--dataset", str(data), "--prompt-field", "q", "--answer-field", "a",
+                            "--steps", "2"))
+    assert len(rows) == 2 and rows[0]["reward"] > 0  # '#### 7' was parsed to the gold answer '7'
+
+
+def test_out_with_another_run_is_refused(tmp_path, capsys):
+    E.main(tiny_argv(tmp_path, "--steps", "1"))
+    with pytest.raises(SystemExit) as exit_info:
+        E.main(tiny_argv(tmp_path, "--steps", "1"))
+    assert exit_info.value.code == 2 and "--overwrite" in capsys.readouterr().err
+    assert len(E.main(tiny_argv(tmp_path, "--steps", "2", "--overwrite"))) == 2
+
+
+def start_cli(*argv):
+    """erc_minimal.py as a user runs it, in its own process."""
+    return subprocess.Popen([sys.executable, E.__file__, *argv], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True)
+
+
+def wait_for(condition, process):
+    while not condition():
+        assert process.poll() is None, process.communicate()
+        time.sleep(0.001)
+
+
+def test_killed_and_interrupted_runs_resume_to_the_uninterrupted_run(tmp_path, capsys):
+    """Faults at varied moments, each followed by --resume; at the end metrics.jsonl holds every step exactly once
+    and equals (all but timings) an uninterrupted run of the same seed, and the final weights are bit for bit the
+    same: (1) a real SIGINT (Ctrl-C) to this process mid-run: the step finishes, a checkpoint is saved, main
+    returns; (2) SIGKILL to a resumed run while it writes a checkpoint (its .tmp folder exists); (3) then the
+    damage a kill inside a metrics write leaves: a torn last line."""
+    argv = ["--steps", "30", "--save-every", "2", "--eval-every", "10", "--eval-prompts", "8"]
+    whole = E.main(tiny_argv(tmp_path / "whole", *argv))
+    out = tmp_path / "cut"
+    metrics = out / "metrics.jsonl"
+
+    def lines():
+        return len(metrics.read_text().splitlines()) if metrics.exists() else 0
+
+    def interrupt_after_six_steps():
+        while lines() < 6:
+            time.sleep(0.001)
+        os.kill(os.getpid(), signal.SIGINT)
+
+    threading.Thread(target=interrupt_after_six_steps, daemon=True).start()
+    cut = E.main(tiny_argv(out, *argv))
+    assert 6 <= len(cut) < 30 and "interrupted after step" in capsys.readouterr().out
+    resume = ["--out", str(out), "--resume"]
+    process = start_cli(*resume)
+    wait_for(lambda: any(p.suffix == ".tmp" and p.is_dir() for p in out.iterdir()), process)
+    process.kill()
+    assert process.wait() == -signal.SIGKILL
+    with open(metrics, "a") as f:
+        f.write('{"step": 99, "rew')
+    resumed = E.main(resume)
+    assert "dropped a torn last line" in capsys.readouterr().out
+    assert comparable(resumed) == comparable(whole)
+    assert [r["step"] for r in E.read_jsonl(metrics)] == list(range(1, 31))  # steps count from 1
+    assert not [p for p in out.iterdir() if p.suffix == ".tmp"]
+    a = E.AutoModelForCausalLM.from_pretrained(tmp_path / "whole" / "checkpoint-30")
+    b = E.AutoModelForCausalLM.from_pretrained(out / "checkpoint-30")
+    assert all(torch.equal(p, q) for p, q in zip(a.parameters(), b.parameters()))
+
+
+def test_sigterm_finishes_the_step_saves_and_says_how_to_resume(tmp_path):
+    """A SIGTERM (a cluster's pre-emption, `kill PID`) to the command-line run: the step in progress finishes, a
+    checkpoint of that step is saved, the resume line is printed, exit code 0; --resume then completes the run."""
+    out = tmp_path / "run"
+    process = start_cli(*tiny_argv(out, "--steps", "300"))
+    metrics = out / "metrics.jsonl"
+    wait_for(lambda: metrics.exists() and len(metrics.read_text().splitlines()) >= 3, process)
+    process.send_signal(signal.SIGTERM)
+    stdout, stderr = process.communicate(timeout=60)
+    assert process.returncode == 0, stderr
+    steps = [r["step"] for r in E.read_jsonl(metrics)]
+    assert 3 <= len(steps) < 300 and steps == list(range(1, len(steps) + 1))
+    assert E.checkpoints(str(out))[-1].endswith(f"checkpoint-{steps[-1]}")
+    assert f"interrupted after step {steps[-1]}" in stdout and "--resume" in stdout
+    rows = E.main(["--out", str(out), "--resume", "--steps", str(steps[-1] + 2)])
+    assert [r["step"] for r in rows] == list(range(1, steps[-1] + 3))
+
+
+def test_the_last_step_is_evaluated_when_steps_is_not_a_multiple_of_eval_every(tmp_path):
+    rows = E.main(tiny_argv(tmp_path, "--steps", "7", "--eval-every", "3", "--eval-prompts", "8"))
+    assert [r["step"] for r in rows if "eval_greedy" in r] == [3, 6, 7]
+
+
+def test_full_disk_while_checkpointing_is_one_line_and_keeps_the_last_checkpoint(tmp_path, capsys, monkeypatch):
+    """An OSError (here ENOSPC from torch.save on the second checkpoint): one line naming the folder and the
+    error, exit 2; checkpoint-1 intact and still the newest; no .tmp folder left behind."""
+    save, calls = torch.save, []
+
+    def save_then_disk_full(*args, **kwargs):
+        calls.append(1)
+        if len(calls) > 1:
+            raise OSError(28, "No space left on device")
+        return save(*args, **kwargs)
+
+    monkeypatch.setattr(torch, "save", save_then_disk_full)
+    with pytest.raises(SystemExit) as exit_info:
+        E.main(tiny_argv(tmp_path, "--steps", "3", "--save-every", "1"))
+    errors = [line for line in capsys.readouterr().err.splitlines() if "erc_minimal: error" in line]
+    assert exit_info.value.code == 2 and len(errors) == 1  # beside the progress bar
+    assert "checkpoint-2.tmp" in errors[0] and "No space left on device" in errors[0]
+    assert E.checkpoints(str(tmp_path)) == [str(tmp_path / "checkpoint-1")]
+    assert not list(tmp_path.glob("*.tmp"))
+
+
+@pytest.mark.parametrize("damage,named", [("truncate weights", "checkpoint-2"),
+                                          ("remove trainer state", "trainer_state.pt")])
+def test_unloadable_checkpoint_is_one_line(tmp_path, capsys, damage, named):
+    E.main(tiny_argv(tmp_path, "--steps", "2"))
+    if damage == "truncate weights":
+        weights = tmp_path / "checkpoint-2" / "model.safetensors"
+        weights.write_bytes(weights.read_bytes()[:1000])
+    else:
+        (tmp_path / "checkpoint-2" / "trainer_state.pt").unlink()
+    with pytest.raises(SystemExit) as exit_info:
+        E.main(["--out", str(tmp_path), "--resume", "--steps", "4"])
+    errors = [line for line in capsys.readouterr().err.splitlines() if "erc_minimal: error" in line]
+    assert exit_info.value.code == 2 and len(errors) == 1 and named in errors[0], errors
+
+
+def test_malformed_metrics_line_names_file_and_line(tmp_path, capsys):
+    E.main(tiny_argv(tmp_path, "--steps", "3"))
+    rows = (tmp_path / "metrics.jsonl").read_text().splitlines()
+    (tmp_path / "metrics.jsonl").write_text("\n".join([rows[0], "{oops", rows[2]]) + "\n")
+    with pytest.raises(SystemExit) as exit_info:
+        E.main(["--out", str(tmp_path), "--resume", "--steps", "4"])
+    errors = [line for line in capsys.readouterr().err.splitlines() if "erc_minimal: error" in line]
+    assert exit_info.value.code == 2 and len(errors) == 1 and "metrics.jsonl, line 2" in errors[0]
+
+
+def test_unreachable_hub_fails_fast_and_says_so(tmp_path):
+    """The default preset offline (HF_HUB_OFFLINE=1, as the README says to set without network): one line naming
+    the model and the variable, exit code 2, in seconds (the interpreter's start included)."""
+    started = time.time()
+    run = subprocess.run([sys.executable, E.__file__, "--out", str(tmp_path)], capture_output=True, text=True,
+                         env={**os.environ, "HF_HUB_OFFLINE": "1"}, timeout=60)
+    assert run.returncode == 2 and len(run.stderr.strip().splitlines()) == 1, run.stderr
+    assert "Qwen/Qwen2.5-0.5B-Instruct" in run.stderr and "HF_HUB_OFFLINE" in run.stderr
+    assert time.time() - started < 30
+
+
+def test_nonfinite_updates_are_skipped_then_the_run_stops(tmp_path, capsys):
+    """A NaN gradient (put there by a hook on the output layer's weight) skips every update: weights unchanged,
+    warm-up not advanced, one warning, and the run stops after 3 such steps in a row."""
+    cfg = E.Config(preset="tiny", steps=10, warmup_steps=4, out=str(tmp_path))
+    model, tokenizer, data, _ = E.setup(cfg)
+    model.get_output_embeddings().weight.register_hook(lambda grad: grad * float("nan"))
+    before = [p.detach().clone() for p in model.parameters()]
+    with pytest.raises(SystemExit, match="3 steps in a row with a non-finite"):
+        E.train(cfg, model, tokenizer, data)
+    rows = E.read_jsonl(tmp_path / "metrics.jsonl")
+    assert [r["nonfinite_updates"] for r in rows] == [cfg.num_minibatches] * 3
+    assert [r["lr"] for r in rows] == [cfg.lr / 5] * 3  # warm-up does not advance on steps that did not update
+    assert all(torch.equal(p, q) for p, q in zip(before, model.parameters()))
+    assert capsys.readouterr().out.count("warning: step") == 1  # warned once
+
+
+def test_checkpoint_loads_with_from_pretrained_and_keeps_the_newest(tmp_path, capsys):
+    """Checkpoints are plain save_pretrained folders; --save-total-limit keeps the newest N by step, not by name
+    (checkpoint-10 is newer than checkpoint-9), and --resume takes the newest; nothing from checkpoint saving
+    reaches the console."""
+    E.main(tiny_argv(tmp_path, "--steps", "10", "--save-every", "1", "--save-total-limit", "2"))
+    assert "shards" not in capsys.readouterr().err
+    assert sorted(p.name for p in tmp_path.glob("checkpoint-*")) == ["checkpoint-10", "checkpoint-9"]
+    assert E.checkpoints(str(tmp_path))[-1] == str(tmp_path / "checkpoint-10")
+    model = E.AutoModelForCausalLM.from_pretrained(tmp_path / "checkpoint-10")
+    tokenizer = E.transformers.AutoTokenizer.from_pretrained(tmp_path / "checkpoint-10")
+    assert tokenizer.decode(tokenizer("12+3=").input_ids) == "12+3=" and model.config.vocab_size == len(tokenizer)
+
+
+# ------------------------------------------------------------------ the real-data path, offline
+CHATML = ("{%- if messages[0]['role'] != 'system' %}"
+          "{{- '<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n' }}{%- endif %}"
+          "{%- for m in messages %}{{- '<|im_start|>' + m['role'] + '\n' + m['content'] + '<|im_end|>\n' }}"
+          "{%- endfor %}{%- if add_generation_prompt %}{{- '<|im_start|>assistant\n' }}{%- endif %}")
+
+
+def chat_tokenizer_and_model(seed=0):
+    """Like a Qwen instruct model: a ChatML chat template, pad = <|endoftext|>, and a generation config with two
+    EOS ids (<|im_end|>, <|endoftext|>). A character tokenizer over printable ASCII, built in code."""
+    import string
+    from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers
+    specials = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
+    vocab = {token: i for i, token in enumerate(specials + sorted(set(string.printable)))}
+    tok = Tokenizer(models.WordLevel(vocab, unk_token="<|endoftext|>"))
+    tok.pre_tokenizer = pre_tokenizers.Split(Regex("[\\s\\S]"), "isolated")
+    tok.decoder = decoders.Fuse()
+    tokenizer = E.PreTrainedTokenizerFast(tokenizer_object=tok, eos_token="<|im_end|>", pad_token="<|endoftext|>",
+                                          additional_special_tokens=specials[1:])
+    tokenizer.chat_template = CHATML
+    tokenizer.padding_side = "left"
+    torch.manual_seed(seed)
+    config = E.transformers.Qwen2Config(vocab_size=len(vocab), hidden_size=64, intermediate_size=256, num_hidden_layers=2,
+                           num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512,
+                           tie_word_embeddings=True, bos_token_id=1, eos_token_id=[2, 0], pad_token_id=0)
+    model = E.transformers.Qwen2ForCausalLM(config).eval()
+    model.generation_config.eos_token_id = [2, 0]
+    return tokenizer, model
+
+
+def test_chat_template_prompt_and_two_eos_ids():
+    """The prompt is what the ChatML template gives; generation stops at either EOS id, and the response mask
+    ends at the first of them (formulas §1)."""
+    tokenizer, model = chat_tokenizer_and_model()
+    prompt = E.format_prompt("What is 2+3?", tokenizer, E.Config().instruction)
+    assert prompt == ("<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n<|im_start|>user\nWhat is 2+3?\n"
+                      "Please reason step by step, and put your final answer within \\boxed{}.<|im_end|>\n"
+                      "<|im_start|>assistant\n")
+    torch.manual_seed(3)
+    ids, attention, response_mask = E.rollout(model, tokenizer, [prompt, "Hi"], num_samples=16, temperature=1.0,
+                                              max_new_tokens=60)
+    completions = ids[:, -response_mask.shape[1]:]
+    ended_by = set()
+    for row, mask in zip(completions.tolist(), response_mask.tolist()):
+        stops = [t for t, token in enumerate(row) if token in (0, 2)]
+        length = stops[0] + 1 if stops else len(row)
+        assert mask == [1] * length + [0] * (len(row) - length)
+        assert all(token == 0 for token in row[length:])  # generate stopped there: only padding follows
+        ended_by |= {row[stops[0]]} if stops else set()
+    assert ended_by == {0, 2}  # both EOS ids really ended responses
+
+
+def test_local_gsm8k_shaped_files_train_and_evaluate(tmp_path, capsys):
+    """The gsm8k code path on local files: a model folder with a chat template and two EOS ids, a GSM8K-shaped
+    train file (question; rationale then '#### 72') and a held-out --eval-dataset file."""
+    tokenizer, model = chat_tokenizer_and_model()
+    model.save_pretrained(tmp_path / "model")
+    tokenizer.save_pretrained(tmp_path / "model")
+    rows = [{"question": f"Tom has {a} apples and buys {b} more. How many apples does he have?",
+             "answer": f"He has {a} + {b} = <<{a}+{b}={a + b}>>{a + b} apples.\n#### {a + b}"}
+            for a in range(3, 9) for b in range(2, 5)]
+    for name, part in (("train.jsonl", rows[:12]), ("test.jsonl", rows[12:])):
+        (tmp_path / name).write_text("".join(E.json.dumps(r) + "\n" for r in part))
+    argv = ["--model", str(tmp_path / "model"), "--dataset", str(tmp_path / "train.jsonl"), "--eval-dataset",
+            str(tmp_path / "test.jsonl"), "--steps", "2", "--prompts-per-step", "4", "--group-size", "2",
+            "--num-minibatches", "2", "--max-new-tokens", "8", "--lr", "1e-4", "--eval-every", "2",
+            "--eval-prompts", "4", "--eval-samples", "2", "--eval-temperature", "0.6", "--eval-top-p", "0.95",
+            "--threads", "1", "--out", str(tmp_path / "run")]
+    history = E.main(argv)
+    assert len(history) == 2 and "eval_greedy" in history[-1] and "eval_avg@2" in history[-1]
+    assert "eval_greedy 0." in capsys.readouterr().out  # the console line names the evaluation
+    cfg = E.Config(**E.parse_args(argv))
+    test_data = E.load_data(cfg, E.load_model_and_tokenizer(str(tmp_path / "model"), torch.device("cpu"))[1], "test")
+    assert test_data["answer"][:2] == ["9", "10"]  # rows 12 and 13: 7 + 2 and 7 + 3, after their '####'
+    assert test_data["prompt"][0].startswith("<|im_start|>system\n") and len(test_data) == 4
+
+
+def test_optional_package_missing_is_one_line(tmp_path, capsys, monkeypatch):
+    """--reward math-verify without the math-verify package (it registers only where installed): one line that
+    says how to install it, exit code 2."""
+    monkeypatch.delitem(E.REWARDS, "math-verify", raising=False)
+    with pytest.raises(SystemExit) as exit_info:
+        E.main(tiny_argv(tmp_path, "--reward", "math-verify"))
+    err = capsys.readouterr().err
+    assert exit_info.value.code == 2 and "pip install math-verify" in err and len(err.strip().splitlines()) == 1
+
+
+def test_evaluation_pass_at_k_rows_per_call_and_top_p(monkeypatch):
+    """avg@k is the mean reward over k samples, pass@k the share of prompts with a correct one (rewards known by
+    call order); no generate call holds more rows than a training rollout; --eval-top-p reaches generate."""
+    calls = []
+    monkeypatch.setitem(E.REWARDS, "pattern", recording_reward(calls, lambda i: float(i % 23 == 3)))
+    cfg = E.Config(preset="tiny", prompts_per_step=4, group_size=2, eval_prompts=10, eval_samples=8, eval_top_p=0.9,
+                   reward="pattern")
+    model, tok = tiny_model_and_tokenizer(seed=3)
+    seen = []
+    spy_on_generate(model, seen, lambda kw: (len(kw["input_ids"]) * kw["num_return_sequences"], kw.get("top_p")))
+    result = E.evaluate(model, tok, E.load_data(cfg, tok, split="test"), cfg)
+    greedy, sampled = torch.tensor(calls[:10]), torch.tensor(calls[10:]).view(10, 8)
+    assert result["eval_greedy"] == pytest.approx(greedy.mean().item())
+    assert result["eval_avg@8"] == pytest.approx(sampled.mean().item())
+    assert result["eval_pass@8"] == pytest.approx((sampled > 0).any(1).float().mean().item())
+    assert 0 < result["eval_avg@8"] < result["eval_pass@8"] < 1
+    assert max(rows for rows, _ in seen) <= 8 and sum(rows for rows, _ in seen) == 10 + 80  # 4 x 2 rows per call
+    assert [top_p for _, top_p in seen] == [None] * 2 + [0.9] * 10  # greedy: no sampling parameters
+
+
+def test_a_word_level_tokenizer_in_a_qwen2_folder_loads_as_saved(tmp_path):
+    """A generic fast tokenizer saved beside a qwen2 model (the Countdown lab's word-level one) loads as it was
+    saved, where transformers' AutoTokenizer rebuilds it as Qwen2's and loses the words."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
+    words = ["<|endoftext|>", "nums", "target", "."] + [str(i) for i in range(10)]
+    tok = Tokenizer(models.WordLevel({w: i for i, w in enumerate(words)}, unk_token="<|endoftext|>"))
+    tok.pre_tokenizer, tok.decoder = pre_tokenizers.WhitespaceSplit(), decoders.WordPiece(cleanup=False)
+    E.PreTrainedTokenizerFast(tokenizer_object=tok, eos_token="<|endoftext|>").save_pretrained(tmp_path)
+    E.transformers.Qwen2ForCausalLM(E.transformers.Qwen2Config(
+        vocab_size=len(words), hidden_size=16, intermediate_size=32, num_hidden_layers=1, num_attention_heads=2,
+        num_key_value_heads=1)).save_pretrained(tmp_path)
+    _, tokenizer = E.load_model_and_tokenizer(str(tmp_path), torch.device("cpu"))
+    text = "nums 3 7 2 target 2 3 ."
+    assert tokenizer.convert_ids_to_tokens(tokenizer(text).input_ids) == text.split()
+    assert tokenizer.decode(tokenizer(text).input_ids) == text
+    rebuilt = E.transformers.AutoTokenizer.from_pretrained(tmp_path)
+    assert rebuilt.decode(rebuilt(text).input_ids) != text  # what loading "as saved" avoids
+
+
+# ------------------------------------------------------------------ one step numbering, OUT untouched by failures
+def test_failing_or_idle_commands_leave_out_unchanged(tmp_path, capsys):
+    """--resume with --steps at or below the run's step is refused in one line; neither it nor other failing
+    commands on an existing run change a byte or a timestamp in OUT."""
+    out = tmp_path / "run"
+    E.main(tiny_argv(out, "--steps", "4", "--save-every", "2"))
+
+    def snapshot():
+        return {p: (p.stat().st_mtime_ns, p.read_bytes() if p.is_file() else None) for p in sorted(out.rglob("*"))}
+
+    before, resume = snapshot(), ["--out", str(out), "--resume"]
+    for argv in (resume, resume + ["--steps", "3"], resume + ["--algo", "ppo"], tiny_argv(out, "--steps", "5"),
+                 resume + ["--steps", "6", "--dataset", str(tmp_path / "missing.jsonl")]):
+        with pytest.raises(SystemExit) as exit_info:
+            E.main(argv)
+        assert exit_info.value.code == 2
+    assert "is at step 4 already" in capsys.readouterr().err
+    assert snapshot() == before
+
+
+def test_one_step_numbering(tmp_path, capsys):
+    """Step N is 'step N' on the console, "step": N in metrics.jsonl and checkpoint-N."""
+    rows = E.main(tiny_argv(tmp_path, "--steps", "2", "--log-every", "2"))
+    assert [r["step"] for r in rows] == [1, 2] and E.checkpoints(str(tmp_path))[-1].endswith("checkpoint-2")
+    assert "step    2  reward" in capsys.readouterr().out
+
+
+def test_resume_in_the_middle_of_the_warm_up_continues_it(tmp_path):
+    whole = E.main(tiny_argv(tmp_path / "whole", "--steps", "6", "--warmup-steps", "4"))
+    E.main(tiny_argv(tmp_path / "cut", "--steps", "3", "--warmup-steps", "4"))
+    resumed = E.main(["--out", str(tmp_path / "cut"), "--resume", "--steps", "6"])
+    lr = E.PRESETS["tiny"]["lr"]
+    assert [r["lr"] for r in whole] == pytest.approx([lr * 2 / 5, lr * 3 / 5, lr * 4 / 5, lr, lr, lr])
+    assert comparable(resumed) == comparable(whole)
+
+
+def test_help_takes_every_flag_from_config_and_the_eval_tool_lists_only_its_own(capsys):
+    """Every Config field is a flag whose help is the comment on its line, with its default or where it comes from;
+    tools/eval_checkpoint.py --help lists only the flags that act in an evaluation."""
+    with pytest.raises(SystemExit):
+        E.main(["--help"])
+    out = " ".join(capsys.readouterr().out.split())
+    assert all("--" + f.name.replace("_", "-") in out for f in dataclasses.fields(E.Config))
+    assert "--eps-low EPS_LOW ratio clip: lower bound 1 - eps_low (per --algo)" in out
+    assert "--steps STEPS training steps, one rollout batch each (per --preset)" in out
+    assert "--erc-low ERC_LOW ERC: a token keeps its gradient only if erc_low < H / H_old ... (default: 0.95)" in out
+    with pytest.raises(SystemExit):
+        load_tool("eval_checkpoint").main(["--help"])
+    out = capsys.readouterr().out
+    assert "--eval-samples" in out and "--eval-top-p" in out and "--preset" in out
+    assert not any(flag in out for flag in ("--algo", "--erc", "--steps", "--lr", "--sft-coef", "--resume"))
+
+
+def test_unsupported_dataset_file_names_the_supported_types_and_idle_terms_are_not_logged(tmp_path, capsys):
+    """A .txt file is refused naming the supported extensions; with --sft-coef 0 (the default) its term is not
+    logged, with a non-zero coefficient it is."""
+    (tmp_path / "data.txt").write_text("1+1= 2\n")
+    with pytest.raises(SystemExit):
+        E.main(tiny_argv(tmp_path / "run", "--dataset", str(tmp_path / "data.txt")))
+    assert ".json, .jsonl, .parquet, .csv" in capsys.readouterr().err
+    idle = E.main(tiny_argv(tmp_path / "idle", "--steps", "1"))[0]
+    active = E.main(tiny_argv(tmp_path / "active", "--steps", "1", "--sft-coef", "0.1"))[0]
+    assert "sft_loss" not in idle and "sft_loss" in active
+
+
+def test_bad_steps_count_only_in_a_row(tmp_path, monkeypatch):
+    """A NaN gradient on chosen steps only (a hook that acts on those steps): two bad steps in a row, twice, never
+    stop a run; three in a row do."""
+    bad_steps = set()
+    train_step = E.train_step
+
+    def step_with_faults(cfg, model, *args):
+        handle = model.get_output_embeddings().weight.register_hook(
+            lambda grad: grad * float("nan") if len(calls) in bad_steps else grad)
+        calls.append(1)
+        try:
+            return train_step(cfg, model, *args)
+        finally:
+            handle.remove()
+    monkeypatch.setattr(E, "train_step", step_with_faults)
+    calls, bad_steps = [], {1, 2, 4, 5}  # calls are counted before the step runs: step s is call s
+    rows = E.main(tiny_argv(tmp_path / "pairs", "--steps", "6"))
+    assert [r["nonfinite_updates"] > 0 for r in rows] == [True, True, False, True, True, False]
+    calls, bad_steps = [], {2, 3, 4}
+    with pytest.raises(SystemExit, match="stopped at step 4: 3 steps in a row"):
+        E.main(tiny_argv(tmp_path / "in_a_row", "--steps", "6"))
+
+
+def test_overwrite_removes_the_older_runs_checkpoints_and_resume_continues_the_new_run(tmp_path):
+    """--overwrite starts over: the older run's checkpoints are gone (a later --resume would otherwise continue its
+    weights), and --resume then continues the new run, as an uninterrupted new run would."""
+    E.main(tiny_argv(tmp_path / "run", "--steps", "4", "--save-every", "2", "--seed", "1"))
+    assert sorted(p.name for p in (tmp_path / "run").glob("checkpoint-*")) == ["checkpoint-2", "checkpoint-4"]
+    E.main(tiny_argv(tmp_path / "run", "--steps", "1", "--overwrite"))
+    assert [p.name for p in (tmp_path / "run").glob("checkpoint-*")] == ["checkpoint-1"]
+    resumed = E.main(["--out", str(tmp_path / "run"), "--resume", "--steps", "3"])
+    assert comparable(resumed) == comparable(E.main(tiny_argv(tmp_path / "whole", "--steps", "3")))
+
+
+def test_save_total_limit_keeps_the_newest_and_removes_the_rest(tmp_path):
+    """--save-total-limit 2 with a checkpoint every step: after each save only the two newest remain."""
+    E.main(tiny_argv(tmp_path, "--steps", "3", "--save-every", "1", "--save-total-limit", "2"))
+    assert sorted(p.name for p in tmp_path.glob("checkpoint-*")) == ["checkpoint-2", "checkpoint-3"]
+    assert not list(tmp_path.glob("*.tmp"))

@@ -1,0 +1,180 @@
+"""Will it fit on my card, and how fast? A few real training steps of erc_minimal.py at the default preset's exact
+shapes (Qwen2.5-0.5B-Instruct's configuration, random weights, GSM8K-length prompts of 200 tokens), with no download.
+
+    python tools/gpu_check.py                              # the README's command for the card found, 3 steps
+    python tools/gpu_check.py --micro-batch-size 8         # erc_minimal.py flags, after (and over) those
+    python tools/gpu_check.py --small                      # a 2-layer model and short responses: checks the tool
+
+Random weights almost never emit EOS (1 token in 151,936), so every response runs to --max-new-tokens: the worst
+case of a real run, in memory and in time. The reward is a seeded coin (random weights never answer right), so
+advantages, gradients and ERC's masks are real. Each step goes through the script's own functions (train_step,
+with rollout, score_old_policy and train_on_batch timed where they are called). Printed: per step, the seconds of
+each phase (the rollout, also per decoding step; the old-policy scoring; the updates), the peak memory of each
+phase (on a GPU, allocated by torch; on a CPU, the process's peak so far), the noise floor (first_mb_*: max |r - 1|
+and ERC's clip share before any update; not ~0 means ERC clips numerics) and whether every loss and gradient was
+finite; then one line: does the command fit this card, with what headroom. The first step includes warm-up
+(allocator, kernels): read the last.
+"""
+import argparse
+import os
+import resource
+import sys
+import time
+
+import torch
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+import erc_minimal as E  # noqa: E402
+
+QWEN25_05B = dict(hidden_size=896, intermediate_size=4864, num_hidden_layers=24, num_attention_heads=14,
+                  num_key_value_heads=2, vocab_size=151936, max_position_embeddings=32768, rope_theta=1e6,
+                  tie_word_embeddings=True, rms_norm_eps=1e-6)
+SMALL = dict(QWEN25_05B, hidden_size=64, intermediate_size=256, num_hidden_layers=2, num_attention_heads=4,
+             num_key_value_heads=2, vocab_size=4096)
+GiB = 2 ** 30
+# The README's commands, by the card's memory: (at least this many GiB, the flags beyond --algo gppo --erc)
+README_COMMANDS = [(40, []), (20, ["--micro-batch-size", "4"]), (0, ["--micro-batch-size", "4", "--gradient-checkpointing"])]
+
+
+def build(shape, device, prompt_tokens, n_prompts, seed=0):
+    """A random Qwen2 model of `shape`, a character tokenizer padded with filler tokens to its vocabulary (id 0 is
+    EOS and padding), and n_prompts prompts of prompt_tokens digits and signs."""
+    from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers
+    vocab = ["<|endoftext|>", *E.TINY_CHARS] + [f"<filler{i}>" for i in range(shape["vocab_size"] - 13)]
+    tok = Tokenizer(models.WordLevel({t: i for i, t in enumerate(vocab)}, unk_token="<|endoftext|>"))
+    tok.pre_tokenizer, tok.decoder = pre_tokenizers.Split(Regex("."), "isolated"), decoders.Fuse()
+    tokenizer = E.PreTrainedTokenizerFast(tokenizer_object=tok, eos_token="<|endoftext|>",
+                                          pad_token="<|endoftext|>", padding_side="left")
+    torch.manual_seed(seed)
+    config = E.transformers.Qwen2Config(**shape, bos_token_id=0, eos_token_id=0, pad_token_id=0)
+    model = E.transformers.Qwen2ForCausalLM(config).to(device)
+    g = torch.Generator().manual_seed(seed)
+    prompts = ["".join(E.TINY_CHARS[i] for i in torch.randint(0, 12, (prompt_tokens,), generator=g).tolist())
+               for _ in range(n_prompts)]
+    return model, tokenizer, prompts
+
+
+class Phases:
+    """Times and peak memory of the phases of a step, measured around erc_minimal's own functions."""
+
+    def __init__(self, device):
+        self.device, self.now = device, {}
+
+    def wrap(self, name, function):
+        def timed(*args, **kwargs):
+            if self.device.type == "cuda":
+                torch.cuda.synchronize()
+                torch.cuda.reset_peak_memory_stats()
+            start = time.perf_counter()
+            result = function(*args, **kwargs)
+            if self.device.type == "cuda":
+                torch.cuda.synchronize()
+            seconds = time.perf_counter() - start
+            previous = self.now.get(name, (0.0, 0, 0))
+            self.now[name] = (previous[0] + seconds, max(previous[1], self.peak()), previous[2] + 1)
+            if name == "rollout":
+                self.now["decode_steps"] = result[2].shape[1]  # response_mask [B, T]: T tokens decoded
+            return result
+        return timed
+
+    def peak(self):
+        if self.device.type == "cuda":
+            return torch.cuda.max_memory_allocated()
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux: KiB
+
+
+def readme_command(card_gib):
+    """The README's flags for a card of card_gib GiB (beyond --algo gppo --erc), and the card size it names."""
+    for least, flags in README_COMMANDS:
+        if card_gib >= least:
+            return ["--algo", "gppo", "--erc", *flags], least
+
+
+def run(argv=None):
+    """Parse, build, run --steps steps, print the table; returns the per-step measurements and the verdict."""
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--steps", type=int, default=3, help="training steps to run (default 3)")
+    parser.add_argument("--small", action="store_true", help="a 2-layer model, 4 x 4 responses of 16 tokens")
+    parser.add_argument("--prompt-tokens", type=int, default=200, help="tokens per prompt (default 200, GSM8K's)")
+    own, rest = parser.parse_known_args(argv)
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    card_gib = torch.cuda.get_device_properties(0).total_memory / GiB if device.type == "cuda" else None
+    chosen, least = readme_command(card_gib if card_gib is not None else 80)
+    flags = chosen + rest  # given flags come last: they win
+    if own.small:  # sizes for a quick CPU check, unless given
+        flags = ["--prompts-per-step", "4", "--group-size", "4", "--max-new-tokens", "16", "--num-minibatches", "2",
+                 *flags]
+    given = E.parse_args(flags)
+    cfg = E.Config(**{"reward": "coin", **given}, given=given)
+    E.REWARDS.setdefault("coin", lambda completion, answer: float(torch.rand(()) < 0.5))  # per-step seeded stream
+    torch.set_float32_matmul_precision("highest")  # as erc_minimal's setup does
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    model, tokenizer, prompts = build(SMALL if own.small else QWEN25_05B, device,
+                                      20 if own.small else own.prompt_tokens, cfg.prompts_per_step)
+    if cfg.gradient_checkpointing:
+        getattr(model, "activation_checkpointing_enable", model.gradient_checkpointing_enable)()
+    optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay, fused=True)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0)
+    sampler = E.frozen_copy(model, torch.bfloat16) if cfg.bf16 else model
+    phases = Phases(device)
+    saved = E.rollout, E.score_old_policy, E.train_on_batch
+    E.rollout, E.score_old_policy, E.train_on_batch = (phases.wrap(name, f) for name, f in
+                                                        zip(("rollout", "scoring", "update"), saved))
+    rows = dict(prompt=prompts, answer=["0"] * len(prompts))
+    name = torch.cuda.get_device_name() if device.type == "cuda" else "CPU"
+    print(f"gpu_check: {name}" + (f" ({card_gib:.1f} GiB)" if card_gib else "") + f"; torch {torch.__version__}, "
+          f"transformers {E.transformers.__version__}; {'small shapes' if own.small else 'Qwen2.5-0.5B shapes'}, "
+          f"random weights; bf16 {cfg.bf16}")
+    print("flags: " + " ".join(flags) + f"  (the README's command for a card of {least} GiB or more: "
+          f"{' '.join(chosen)})")
+    print(f"{cfg.prompts_per_step} prompts x {cfg.group_size} responses of up to {cfg.max_new_tokens} tokens, "
+          f"{cfg.num_minibatches} mini-batches, micro-batches of {cfg.micro_batch_size or 'a whole mini-batch'}")
+    header = ("step", "rollout s", "ms/decode", "scoring s", "update s", "peak GiB: rollout", "scoring", "update",
+              "max|r-1|", "ERC first", "finite")
+    print(" | ".join(header))
+    results = []
+    try:
+        for step in range(1, own.steps + 1):
+            torch.manual_seed(cfg.seed * 1_000_000 + step)
+            phases.now = {}
+            record = E.train_step(cfg, model, sampler, optimizer, scheduler, tokenizer, rows)
+            finite = not record.get("nonfinite_updates") and all(
+                p.grad is None or torch.isfinite(p.grad).all() for p in model.parameters())
+            result = dict(step=step, rollout_s=phases.now["rollout"][0],
+                          ms_per_decode_step=1000 * phases.now["rollout"][0] / phases.now["decode_steps"],
+                          decode_steps=phases.now["decode_steps"], scoring_s=phases.now["scoring"][0],
+                          update_s=phases.now["update"][0],
+                          peak=max(phases.now[k][1] for k in ("rollout", "scoring", "update")),
+                          peaks={k: phases.now[k][1] for k in ("rollout", "scoring", "update")},
+                          first_mb_max_ratio_err=record["first_mb_max_ratio_err"],
+                          first_mb_erc_clip_frac=record.get("first_mb_erc_clip_frac"), finite=bool(finite))
+            results.append(result)
+            erc = "-" if result["first_mb_erc_clip_frac"] is None else f"{result['first_mb_erc_clip_frac']:.4f}"
+            print(" | ".join([str(step), f"{result['rollout_s']:.2f}", f"{result['ms_per_decode_step']:.1f}",
+                              f"{result['scoring_s']:.2f}", f"{result['update_s']:.2f}",
+                              *(f"{result['peaks'][k] / GiB:.2f}" for k in ("rollout", "scoring", "update")),
+                              f"{result['first_mb_max_ratio_err']:.2e}", erc, "yes" if finite else "NO"]),
+                  flush=True)
+    finally:
+        E.rollout, E.score_old_policy, E.train_on_batch = saved
+    peak = max(r["peak"] for r in results) / GiB
+    if card_gib:
+        verdict = (f"fits: peak {peak:.1f} GiB of {card_gib:.1f} GiB, headroom {card_gib - peak:.1f} GiB "
+                   f"({(card_gib - peak) / card_gib:.0%}); leave 10-20% for the allocator's fragmentation")
+    else:
+        verdict = f"no CUDA device: process peak {peak:.2f} GiB of RAM (shapes {'small' if own.small else 'full'})"
+    print(verdict)
+    return results, verdict
+
+
+def main(argv=None):
+    try:
+        return run(argv)
+    except ValueError as e:  # a bad erc_minimal flag: one line, exit 2, as erc_minimal.py does
+        E.fail(e)
+
+
+if __name__ == "__main__":
+    main()
