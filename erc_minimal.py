@@ -6,16 +6,14 @@
 
 The method first, in the order a step runs, then a fence and the plumbing. Read first: train_step (one step,
 whole), policy_loss (every variant, then ERC), objective, logp_and_entropy, group_advantages. [DAPO §3.2]:
-the paper section a line implements; "formulas §n": docs/equations.md. Left out on purpose: a KL penalty (no
-released ERC recipe has one; patches/kl.patch adds it), a value model (GRPO's group baseline replaces
-it), vLLM (`generate` samples from exactly the policy being trained), several devices, trackers (each step is
-a line of OUT/metrics.jsonl). Diagnostics, the SmolLM2 preset, labs and benchmarks live in experiments/ and
-bench/ and use this file through its functions.
+the paper section a line implements; "formulas §n": docs/equations.md; a fork starts at docs/forking.md.
+Left out on purpose: a KL penalty (no released ERC recipe has one; patches/kl.patch adds it), a value model
+(GRPO's group baseline replaces it), vLLM (`generate` samples from exactly the policy being trained), several
+devices, trackers (each step is a line of OUT/metrics.jsonl). tools/, labs/, bench/ use this file's functions.
 """
 import argparse
 import copy
 import dataclasses
-import functools
 import importlib.util
 import json
 import os
@@ -35,9 +33,7 @@ import transformers
 from transformers import AutoModelForCausalLM, PreTrainedTokenizerFast
 
 # ================================================================== configuration
-# The default run (--preset gsm8k): Qwen2.5-0.5B-Instruct on GSM8K, 16 prompts x 8 responses of up to 512
-# tokens per step, 8 optimizer steps per rollout batch, 200 steps, the released ERC recipes' optimiser.
-PRESETS = {
+PRESETS = {  # the default run: Qwen2.5-0.5B-Instruct on GSM8K with the released ERC recipes' optimiser
     "gsm8k": dict(model="Qwen/Qwen2.5-0.5B-Instruct", dataset="openai/gsm8k",
                   instruction="Please reason step by step, and put your final answer within \\boxed{}.",
                   steps=200, prompts_per_step=16, group_size=8, num_minibatches=8, max_new_tokens=512,
@@ -54,6 +50,7 @@ ALGO_DEFAULTS = {
     "cispo":  dict(eps_low=1.0, eps_high=4.0),
     "gspo":   dict(eps_low=3e-4, eps_high=4e-4),
 }
+RUN_STATE = {}  # what a fork adapts during a run: saved in each checkpoint, restored on --resume
 
 @dataclasses.dataclass
 class Config:  # each field is a flag (eps_low: --eps-low) and its comment the flag's help
@@ -63,19 +60,19 @@ class Config:  # each field is a flag (eps_low: --eps-low) and its comment the f
     prompt_field: str = "question"  # dataset column holding the question
     answer_field: str = "answer"  # dataset column holding the gold answer (after '####' if present)
     instruction: str = None  # text after each question in the user turn (per --preset)
-    reward: str = "numeric"  # numeric: built-in number check; math-verify: symbolic (pip install it)
+    reward: str = "numeric"  # numeric: the number check below; math-verify: symbolic (pip install it)
     # --- the policy loss (formulas §3-§5)
-    algo: str = "grpo"  # policy loss: grpo, dapo, gppo, cegppo, cispo or gspo
-    eps_low: float = None  # ratio clip: lower bound 1 - eps_low (per --algo)
-    eps_high: float = None  # ratio clip: upper bound 1 + eps_high (per --algo)
+    algo: str = "grpo"  # the policy loss: grpo, dapo, gppo, cegppo, cispo or gspo
+    eps_low: float = None  # ratio clip: an offset, the lower bound is 1 - eps_low (per --algo)
+    eps_high: float = None  # ratio clip: an offset, the upper bound is 1 + eps_high (per --algo)
     clip_c: float = None  # dual clip for A < 0: grpo, dapo, gppo, cegppo (per --algo)
     beta1: float = None  # gppo/cegppo: gradient weight for A < 0, r < 1 - eps_low (per --algo)
     beta2: float = None  # gppo/cegppo: gradient weight for A > 0, r > 1 + eps_high (per --algo)
     dynamic_sampling: bool = None  # drop groups whose rewards are all equal (on for dapo)
     oversample: int = 1  # dynamic sampling: sample N x --prompts-per-step prompts (the recipes: 2)
     erc: bool = False  # entropy ratio clipping on top of the chosen loss (formulas §4)
-    erc_low: float = 0.95  # ERC: a token keeps its gradient only if erc_low < H / H_old ...
-    erc_high: float = 1.05  # ... < erc_high
+    erc_low: float = 0.95  # ERC: a bound, not an offset: a token keeps its gradient if erc_low < H / H_old
+    erc_high: float = 1.05  # ERC: a bound, not an offset: a token keeps its gradient if H / H_old < erc_high
     sft_coef: float = 0.0  # weight of the NLL of correct responses (the released ERC recipes: 0.1)
     # --- rollout, batch sizes, precision
     steps: int = None  # training steps, one rollout batch each (per --preset)
@@ -121,7 +118,6 @@ class Config:  # each field is a flag (eps_low: --eps-low) and its comment the f
         check_config(self, given)  # below the fence: a bad value is one clear line
 
 # ================================================================== rollout
-@torch.no_grad()
 def rollout(model, tokenizer, prompts, num_samples, temperature, max_new_tokens, top_p=1.0):
     """num_samples responses per prompt from softmax(logits / T), T = 0: greedy; top_p < 1 only to evaluate.
     Returns input_ids, attention_mask [B, P+T], response_mask [B, T]; B = prompts x num_samples."""
@@ -131,7 +127,7 @@ def rollout(model, tokenizer, prompts, num_samples, temperature, max_new_tokens,
     sampling = dict(do_sample=True, temperature=temperature, top_p=top_p, top_k=0) if temperature > 0 else \
         dict(do_sample=False)
     extra = model.generation_config.eos_token_id or []  # instruct models may have several EOS ids
-    eos = sorted({tokenizer.eos_token_id, *(extra if isinstance(extra, list) else [extra])})
+    eos = [tokenizer.eos_token_id, *(extra if isinstance(extra, list) else [extra])]  # repeats are harmless
     sequences = model.generate(**enc, **sampling, repetition_penalty=1.0, max_new_tokens=max_new_tokens,
                                num_return_sequences=num_samples, pad_token_id=tokenizer.pad_token_id,
                                eos_token_id=eos, use_cache=True)  # [B, P+T]
@@ -176,8 +172,7 @@ def response_rewards(tokenizer, input_ids, response_mask, answers, num_samples, 
 class TokenLogpAndEntropy(torch.autograd.Function):
     """log p(target) and entropy H of p = softmax(hidden @ weight.T / T) over the whole vocabulary, `chunk`
     tokens at a time, from fp32 logits whatever autocast says (formulas §6.7-6.8). Backward recomputes each
-    chunk and differentiates log p only (ERC compares H; patches/entropy_bonus.patch trains it). With
-    a plain chunk function under torch.utils.checkpoint: 2.2x the update time, 4x the memory (docs/)."""
+    chunk and differentiates log p only (ERC compares H; patches/entropy_bonus.patch trains it)."""
     @staticmethod
     def forward(ctx, hidden, weight, targets, temperature, chunk):  # [N, H], [V, H], [N]
         logps, entropies, lses = [], [], []
@@ -285,14 +280,15 @@ def erc_band_exits(entropy, old_entropy, cfg):
 
 # ================================================================== objective: the loss and its normaliser
 def objective(logp, entropy, micro, minibatch, cfg):
-    """(loss, stats) of a micro-batch, normalised by its mini-batch's counts, so micro-batches add up."""
+    """(loss, stats, which stats are shares) of a micro-batch, normalised by its mini-batch's counts."""
     response_mask = micro["response_mask"].float()  # [b, T]
     n_tokens = minibatch["response_mask"].sum()  # N: the mini-batch's response tokens (formulas §3)
+    n_responses = len(minibatch["response_mask"])
     loss_tok, logged = policy_loss(logp, micro["old_logp"], micro["advantages"], response_mask, cfg, entropy,
                                    micro["old_entropy"])  # [b, T]
     if cfg.algo == "gspo":  # [GSPO §4] mean over sequences of each sequence's token mean
         per_sequence = (loss_tok * response_mask).sum(1) / response_mask.sum(1)  # [b]
-        policy = per_sequence.sum() / len(minibatch["response_mask"])
+        policy = per_sequence.sum() / n_responses
     else:  # token mean over the mini-batch [DAPO §3.3]; ERC-clipped tokens still count in N
         policy = (loss_tok * response_mask).sum() / n_tokens
     loss, stats = policy, dict(policy_loss=policy)
@@ -302,9 +298,10 @@ def objective(logp, entropy, micro, minibatch, cfg):
         stats["sft_loss"] = -(logp * correct).sum() / n_correct
         loss = loss + cfg.sft_coef * stats["sft_loss"]
     stats["loss"] = loss
-    for name, x in logged.items():  # a mask: the share of the mini-batch's tokens it marks; 0-d: its value
-        stats[name] = (x * response_mask).sum() / n_tokens
-    return loss, {k: v.detach().float() for k, v in stats.items()}
+    for name, x in logged.items():  # [b]: a mean over the mini-batch's responses; [b, T], 0-d: its tokens
+        stats[name] = x.sum() / n_responses if x.dim() == 1 else (x * response_mask).sum() / n_tokens
+    shares = [name for name, x in logged.items() if x.dtype == torch.bool]  # masks: the share they mark
+    return loss, {k: v.detach().float() for k, v in stats.items()}, shares
 
 # ================================================================== the update
 def plan_minibatches(n, cfg):
@@ -341,7 +338,7 @@ def train_on_batch(model, optimizer, batch, minibatches, cfg):
         for idx in micros:
             micro = take(batch, idx)
             logp, entropy = logp_and_entropy(model, micro, cfg)  # [b, T] each
-            loss, stats = objective(logp, entropy, micro, minibatch, cfg)
+            loss, stats, shares = objective(logp, entropy, micro, minibatch, cfg)
             loss.backward()
             for k, v in stats.items():  # the micro-batches' shares add up to the mini-batch's value
                 totals[k] = totals.get(k, 0.0) + v
@@ -353,9 +350,8 @@ def train_on_batch(model, optimizer, batch, minibatches, cfg):
         per_minibatch.append(totals)
     each = {k: torch.stack([mb[k] for mb in per_minibatch]) for k in per_minibatch[0]}  # [mini-batches]
     stats = {k: v.mean().item() for k, v in each.items()}
-    for k in ("clip_frac", "erc_clip_frac"):  # the first mini-batch cannot clip: also the mean of the others
-        if k in each and len(per_minibatch) > 1:
-            stats[f"{k}_after_first"] = each[k][1:].mean().item()
+    for k in shares if len(per_minibatch) > 1 else ():  # the first mini-batch clips nothing: the others' mean
+        stats[f"{k}_after_first"] = each[k][1:].mean().item()
     updates = int(each["grad_norm"].isfinite().sum())
     add_stats(stats, dict(grad_norm_max=each["grad_norm"].max().item(), updates=updates,
                           nonfinite_updates=len(per_minibatch) - updates,
@@ -394,8 +390,47 @@ def train_step(cfg, model, sampler, optimizer, scheduler, tokenizer, rows):
     record["train_time"] = time.time() - t0
     return record
 
-# ======== Everything above is the method. Below: flag checks, answer parsing, models and data, evaluation,
-# ======== checkpoints and resume, the loop's bookkeeping, the command line. None of it changes a number.
+# ================================================================== the loop: optimiser, sampler, prompts
+def train(cfg, model, tokenizer, data, eval_data=None, stop=()):
+    """The loop around train_step. A non-empty `stop` (Ctrl-C, SIGTERM): save after this step, return."""
+    optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay, fused=True)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(  # linear warm-up from lr / (warmup_steps + 1)
+        optimizer, lambda step: min(1.0, (step + 1) / (cfg.warmup_steps + 1)))  # counts steps that updated
+    start, order, history = start_or_resume(cfg, optimizer, scheduler)
+    sampler = frozen_copy(model, torch.bfloat16) if cfg.bf16 else model  # --bf16: half the bytes per token
+    bad_steps, t_start = 0, time.time()
+    for step in range(start + 1, cfg.steps + 1):  # steps count from 1: console, metrics, checkpoint-STEP
+        torch.manual_seed(cfg.seed * 1_000_000 + step)  # each step's own random stream, whatever ran before
+        n_prompts = cfg.prompts_per_step * cfg.oversample
+        while len(order) < n_prompts:  # epochs of shuffled prompts
+            order += torch.randperm(len(data)).tolist()
+        rows = data[[order.pop() for _ in range(n_prompts)]]
+        record = dict(step=step, **train_step(cfg, model, sampler, optimizer, scheduler, tokenizer, rows),
+                      lr=scheduler.get_last_lr()[0])
+        if cfg.eval_every and (step % cfg.eval_every == 0 or step == cfg.steps):
+            add_stats(record, evaluate(sampler, tokenizer, eval_data, cfg))
+        history.append(record)
+        log_step(cfg, record)
+        bad_steps = bad_steps + 1 if record.get("nonfinite_updates") else 0
+        if bad_steps == 1:
+            print(f"warning: step {step}: non-finite loss or gradient, updates skipped")
+        if bad_steps == 3:
+            raise SystemExit(f"erc_minimal: stopped at step {step}: 3 steps in a row with a non-finite loss "
+                             "or gradient (try a lower --lr)")
+        if stop or step == cfg.steps or (cfg.save_every and step % cfg.save_every == 0):
+            path = save_checkpoint(cfg, step, model, tokenizer, optimizer, scheduler, order)
+        if stop:
+            print(f"interrupted after step {step}: saved {path}; continue with --out {cfg.out} --resume")
+            return history
+    if history:  # the end-of-run line: mean reward of the first and the last 10 steps, the last evaluation
+        first, last = mean(r["reward"] for r in history[:10]), mean(r["reward"] for r in history[-10:])
+        evals = "".join(f"  {k} {v:.3f}" for k, v in history[-1].items() if k.startswith("eval_"))
+        print(f"done in {time.time() - t_start:.0f} s ({cfg.out}): reward {first:.3f} -> {last:.3f}{evals}")
+    return history
+
+# ======== Above: the method and its loop. Below, only these change a number: the answer check
+# ======== (extract_answer, to_number); the data (read_dataset; load_data's chat template, --instruction, gold
+# ======== after '####'); the tiny model; setup's seed and fp32 matmuls kept fp32. The rest: checks, I/O, CLI.
 def check_config(cfg, given):
     """Every bad value is a ValueError, which main prints as one line (exit code 2)."""
     positive = ("steps", "prompts_per_step", "num_minibatches", "micro_batch_size", "max_new_tokens",
@@ -404,26 +439,32 @@ def check_config(cfg, given):
     for f in dataclasses.fields(cfg):  # every number >= 0; the sizes and a few more > 0
         value = getattr(cfg, f.name) if f.type in (int, float) else None
         if value is not None and (not value >= 0 or value == 0 and f.name in positive):
-            raise ValueError(f"--{f.name.replace('_', '-')} must be {'>' if f.name in positive else '>='} 0, "
-                             f"got {value}")
+            raise ValueError(f"{flag(f.name)} must be {'>' if f.name in positive else '>='} 0, got {value}")
     checks = [  # (what must hold, the message if it does not)
         (cfg.eps_low <= 1, f"--eps-low must be in (0, 1], got {cfg.eps_low}"),
         (0 < cfg.eval_top_p <= 1, f"--eval-top-p must be in (0, 1], got {cfg.eval_top_p}"),
         (cfg.clip_c is None or cfg.clip_c > 1, f"--clip-c must be > 1, got {cfg.clip_c}"),
-        (cfg.clip_c is None or cfg.algo not in ("cispo", "gspo"), f"--clip-c does not apply to {cfg.algo}"),
-        (0 < cfg.erc_low < cfg.erc_high, f"need 0 < --erc-low < --erc-high: {cfg.erc_low}, {cfg.erc_high}"),
-        (cfg.erc or not {"erc_low", "erc_high"} & set(given), "--erc-low/--erc-high act only with --erc"),
-        (cfg.algo in ("gppo", "cegppo") or not {"beta1", "beta2"} & set(given),
-         "--beta1/--beta2 act only with --algo gppo or cegppo"),
+        (0 < cfg.erc_low < 1 < cfg.erc_high, f"the ERC band must hold 1: need 0 < --erc-low < 1 < "
+         f"--erc-high, got {cfg.erc_low}, {cfg.erc_high}"),
         (cfg.dynamic_sampling or "oversample" not in given, "--oversample acts only with --dynamic-sampling"),
         (cfg.group_size >= 2, f"--group-size must be >= 2 for group advantages, got {cfg.group_size}"),
         (cfg.prompts_per_step * cfg.group_size % cfg.num_minibatches == 0, f"--num-minibatches "
          f"{cfg.num_minibatches} must divide the rollout batch {cfg.prompts_per_step} x {cfg.group_size}"),
         (not (cfg.resume and cfg.overwrite), "--resume and --overwrite exclude each other"),
     ]
+    switches = [f.name for f in dataclasses.fields(cfg) if f.type is bool]
+    for name in given:  # a flag where it cannot act: a switch's own (--erc-low) or another loss's number
+        checks += [(getattr(cfg, s), f"{flag(name)} acts only with {flag(s)}") for s in switches
+                   if name.startswith(s + "_")]
+        algos = [algo for algo, table in ALGO_DEFAULTS.items() if name in table]
+        if algos and not isinstance(getattr(cfg, name), bool):  # dynamic sampling acts under any loss
+            checks.append((cfg.algo in algos, f"{flag(name)} acts only with --algo {' or '.join(algos)}"))
     for ok, message in checks:
         if not ok:
             raise ValueError(message)
+
+def flag(name):
+    return "--" + name.replace("_", "-")
 
 NUMBER = r"-?(?:\d{1,3}(?:,\d{3})+|\d+)(?:\.\d+)?|-?\.\d+"  # 1,234.5 / 42 / -3 / .75
 
@@ -448,7 +489,6 @@ def extract_answer(text):
     numbers = marked or re.findall(NUMBER, text)
     return numbers[-1] if numbers else None
 
-@functools.lru_cache(maxsize=1 << 16)  # a group's gold answer and most short answers repeat
 def to_number(answer):
     """An answer as a Fraction, or None: 1,234, 1{,}234, $, %, \\text{18}, 18 cm^2, x = 7, \\frac12."""
     if answer is None:
@@ -505,8 +545,7 @@ def load_model_and_tokenizer(name, device):
             raise ValueError(f"cannot load model {name!r} ({first_line(e)}); offline, HF_HUB_OFFLINE=1 uses "
                              "the local cache; or use a local folder or --preset tiny") from None
     tokenizer.padding_side = "left"  # generate appends after the prompt
-    if tokenizer.pad_token is None:
-        tokenizer.pad_token = tokenizer.eos_token
+    tokenizer.pad_token = tokenizer.pad_token or tokenizer.eos_token
     return model.to(device), tokenizer
 
 def format_prompt(question, tokenizer, instruction):
@@ -552,7 +591,6 @@ def load_data(cfg, tokenizer, split="train"):
                              f"a tokenizer that covers the data (the tiny one knows only {TINY_CHARS!r})")
     return data
 
-@torch.no_grad()
 def evaluate(model, tokenizer, data, cfg):
     """Held-out greedy accuracy; over k samples, mean reward (avg@k) and share of prompts solved (pass@k).
     At most a rollout's rows per generate call; its own seed, so a checkpoint's samples never vary."""
@@ -577,19 +615,17 @@ def fail(message):
 
 def checkpoints(out):
     """OUT's complete checkpoint folders, oldest first (a checkpoint gets its name once fully written)."""
-    names = [n for n in os.listdir(out) if re.fullmatch(r"checkpoint-\d+", n)] if os.path.isdir(out) else []
-    return [os.path.join(out, n) for n in sorted(names, key=lambda n: int(n.split("-")[1]))]
+    return sorted(map(str, Path(out).glob("checkpoint-*[0-9]")), key=lambda path: int(path.rsplit("-", 1)[1]))
 
 def save_checkpoint(cfg, step, model, tokenizer, optimizer, scheduler, order):
     """OUT/checkpoint-STEP, written as .tmp, then renamed: a kill or a full disk leaves older ones intact."""
-    final = os.path.join(cfg.out, f"checkpoint-{step}")
-    tmp = final + ".tmp"
+    final, tmp = f"{cfg.out}/checkpoint-{step}", f"{cfg.out}/checkpoint-{step}.tmp"
     try:
         shutil.rmtree(tmp, ignore_errors=True)
         model.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
         torch.save(dict(step=step, optimizer=optimizer.state_dict(), scheduler=scheduler.state_dict(),
-                        order=order), os.path.join(tmp, "trainer_state.pt"))
+                        order=order, run_state=RUN_STATE), Path(tmp, "trainer_state.pt"))
         os.replace(tmp, final)  # atomic: from here on checkpoints() lists it
     except OSError as e:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -614,10 +650,11 @@ def start_or_resume(cfg, optimizer, scheduler):
     """(steps done, data order, metrics so far). --resume restores optimizer, scheduler and data order; each
     step seeds its own random numbers, so on a CPU it goes on bit for bit. A new run removes checkpoints."""
     os.makedirs(cfg.out, exist_ok=True)
-    metrics = os.path.join(cfg.out, "metrics.jsonl")
+    metrics = f"{cfg.out}/metrics.jsonl"
     start, order, history = 0, [], []
+    RUN_STATE.clear()  # a new run starts without a fork's adapted values
     if cfg.resume:
-        path = os.path.join(checkpoints(cfg.out)[-1], "trainer_state.pt")
+        path = Path(checkpoints(cfg.out)[-1], "trainer_state.pt")
         try:
             state = torch.load(path, weights_only=False)
         except Exception as e:  # missing or truncated: name the file
@@ -625,6 +662,7 @@ def start_or_resume(cfg, optimizer, scheduler):
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
         start, order = state["step"], state["order"]
+        RUN_STATE.update(state["run_state"])
         history = [r for r in read_jsonl(metrics) if r["step"] <= start]  # later steps will be redone
     else:
         for path in checkpoints(cfg.out):
@@ -636,7 +674,7 @@ def start_or_resume(cfg, optimizer, scheduler):
 
 def log_step(cfg, record):
     """A line of OUT/metrics.jsonl every step; a console line every --log-every steps and at evaluations."""
-    with open(os.path.join(cfg.out, "metrics.jsonl"), "a") as f:
+    with open(Path(cfg.out, "metrics.jsonl"), "a") as f:
         f.write(json.dumps(record) + "\n")
     if record["step"] % cfg.log_every == 0 or "eval_greedy" in record:  # named as in metrics.jsonl
         shown = [f"{k} {v:.3f}" for k, v in record.items()
@@ -659,63 +697,27 @@ def setup(cfg):
         raise ValueError(f"--resume: {cfg.out!r} has no checkpoint to resume from")
     if done >= cfg.steps:
         raise ValueError(f"--resume: {cfg.out!r} is at step {done} already; ask for more --steps")
-    if os.path.exists(os.path.join(cfg.out, "metrics.jsonl")) and not (cfg.resume or cfg.overwrite):
+    if Path(cfg.out, "metrics.jsonl").exists() and not (cfg.resume or cfg.overwrite):
         raise ValueError(f"--out {cfg.out!r} holds another run's metrics; add --resume to continue it or "
                          "--overwrite to start over")
-    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = "cuda" if torch.cuda.is_available() else "cpu"
     model, tokenizer = load_model_and_tokenizer(last if cfg.resume else cfg.model, device)
     if cfg.gradient_checkpointing:  # transformers 5 renamed gradient_checkpointing_enable
         getattr(model, "activation_checkpointing_enable", model.gradient_checkpointing_enable)()
     eval_data = load_data(cfg, tokenizer, split="test") if cfg.eval_every else None
     return model, tokenizer, load_data(cfg, tokenizer), eval_data
 
-def train(cfg, model, tokenizer, data, eval_data=None, stop=()):
-    """The loop around train_step. A non-empty `stop` (Ctrl-C, SIGTERM): save after this step, return."""
-    optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay, fused=True)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(  # linear warm-up from lr / (warmup_steps + 1)
-        optimizer, lambda step: min(1.0, (step + 1) / (cfg.warmup_steps + 1)))
-    start, order, history = start_or_resume(cfg, optimizer, scheduler)
-    sampler = frozen_copy(model, torch.bfloat16) if cfg.bf16 else model  # --bf16: half the bytes per token
-    bad_steps, t_start = 0, time.time()
-    for step in range(start + 1, cfg.steps + 1):  # steps count from 1: console, metrics, checkpoint-STEP
-        torch.manual_seed(cfg.seed * 1_000_000 + step)  # each step's own random stream, whatever ran before
-        n_prompts = cfg.prompts_per_step * cfg.oversample
-        while len(order) < n_prompts:  # epochs of shuffled prompts
-            order += torch.randperm(len(data)).tolist()
-        rows = data[[order.pop() for _ in range(n_prompts)]]
-        record = dict(step=step, **train_step(cfg, model, sampler, optimizer, scheduler, tokenizer, rows),
-                      lr=scheduler.get_last_lr()[0])
-        if cfg.eval_every and (step % cfg.eval_every == 0 or step == cfg.steps):
-            add_stats(record, evaluate(sampler, tokenizer, eval_data, cfg))
-        history.append(record)
-        log_step(cfg, record)
-        bad_steps = bad_steps + 1 if record.get("nonfinite_updates") else 0
-        if bad_steps == 1:
-            print(f"warning: step {step}: non-finite loss or gradient, updates skipped")
-        if bad_steps == 3:
-            raise SystemExit(f"erc_minimal: stopped at step {step}: 3 steps in a row with a non-finite loss "
-                             "or gradient (try a lower --lr)")
-        if stop or step == cfg.steps or (cfg.save_every and step % cfg.save_every == 0):
-            path = save_checkpoint(cfg, step, model, tokenizer, optimizer, scheduler, order)
-        if stop:
-            print(f"interrupted after step {step}: saved {path}; continue with --out {cfg.out} --resume")
-            return history
-    if history:  # the end-of-run line: mean reward of the first and the last 10 steps, the last evaluation
-        first, last = mean(r["reward"] for r in history[:10]), mean(r["reward"] for r in history[-10:])
-        evals = "".join(f"  {k} {v:.3f}" for k, v in history[-1].items() if k.startswith("eval_"))
-        print(f"done in {time.time() - t_start:.0f} s ({cfg.out}): reward {first:.3f} -> {last:.3f}{evals}")
-    return history
-
 def parse_args(argv, prog="erc_minimal.py", description=__doc__, fields=None):
     """The flags given (--resume tells them from config.json's); a flag's help is its comment in Config."""
     parser = argparse.ArgumentParser(prog=prog, description=description, argument_default=argparse.SUPPRESS,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    helps = dict(re.findall(r"^    (\w+): \w+ = .+?  # (.+)$", Path(__file__).read_text(), flags=re.M))
+    helps = dict(re.findall(r"^    (\w+):[^#\n]*#\s*(.+)$", Path(__file__).read_text(), flags=re.M))
     for f in dataclasses.fields(Config):
         if fields is None or f.name in fields:
-            help = helps[f.name] + ("" if f.default is None else f" (default: {f.default})")
+            help = helps.get(f.name, "no help: write it as a comment after the field in Config")
+            help += "" if f.default is None else f" (default: {f.default})"
             kind = dict(action=argparse.BooleanOptionalAction) if f.type is bool else dict(type=f.type)
-            parser.add_argument("--" + f.name.replace("_", "-"), help=help, **kind)
+            parser.add_argument(flag(f.name), help=help, **kind)
     def one_line_error(message):  # argparse's own errors too: main prints them as one line, exit 2
         raise ValueError(f"{message} (see --help)")
     parser.error = one_line_error

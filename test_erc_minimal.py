@@ -73,7 +73,7 @@ def loss_and_grad(logp, old, adv, mask, cfg, entropy=None, old_entropy=None, rew
     """E.objective's loss, d loss / d logp and stats for one micro-batch (by default the whole mini-batch)."""
     logp = logp.clone().requires_grad_(True)
     micro = rollout_tensors(old, adv, mask, old_entropy, rewards)
-    loss, stats = E.objective(logp, entropy, micro, minibatch or micro, cfg)
+    loss, stats, _ = E.objective(logp, entropy, micro, minibatch or micro, cfg)
     loss.backward()
     return loss, logp.grad, {k: v.item() for k, v in stats.items()}
 
@@ -861,7 +861,7 @@ def test_step_page_equals_the_script(algo, erc):
             value = page["loss"](logp, entropy, old_logp, old_entropy, batch["advantages"], mask, batch["rewards"], cfg)
         else:
             logp, entropy = E.logp_and_entropy(model, batch, cfg)
-            value, stats = E.objective(logp, entropy, batch, batch, cfg)
+            value, stats, _ = E.objective(logp, entropy, batch, batch, cfg)
         value.backward()
         results.append((value.item(), torch.cat([p.grad.flatten() for p in model.parameters()])))
     (page_loss, page_grad), (script_loss, script_grad) = results

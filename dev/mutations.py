@@ -48,7 +48,7 @@ MUTATIONS = [
     ("gspo: token mean instead of sequence mean",
      'if cfg.algo == "gspo":  # [GSPO §4] mean over sequences', 'if False:  # [GSPO §4] mean over sequences'),
     ("gspo: sequence count of the micro-batch, not the mini-batch",
-     '.sum() / len(minibatch["response_mask"])', '.sum() / len(mask)'),
+     'n_responses = len(minibatch["response_mask"])', 'n_responses = len(micro["response_mask"])'),
     ("erc: re-normalise over kept tokens",
      "policy = (loss_tok * response_mask).sum() / n_tokens",
      "policy = (loss_tok * response_mask).sum() / (response_mask * ~logged.get('erc_clip_frac', False)).sum().clamp(min=1)"),

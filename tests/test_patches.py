@@ -67,7 +67,7 @@ def test_ablation_dr_grpo(tmp_path):
     cfg = P.Config(preset="tiny", max_new_tokens=20)
     logp, old, adv, mask = grid()
     micro = rollout_tensors(old, adv, mask)
-    loss, _ = P.objective(logp, None, micro, micro, cfg)
+    loss = P.objective(logp, None, micro, micro, cfg)[0]
     expected = (reference_token_loss("grpo", torch.exp(logp - old), adv[:, None], logp, cfg) * mask).sum() / (3 * 20)
     torch.testing.assert_close(loss, expected)
     assert len(P.main(tiny_argv(tmp_path / "run", "--steps", "3"))) == 3
@@ -77,7 +77,7 @@ def patched_loss_and_grad(P, logp, old, adv, mask, cfg, entropy=None):
     """A patched module's objective on a hand-made batch: loss, d loss / d logp, stats."""
     logp = logp.clone().requires_grad_(True)
     micro = rollout_tensors(old, adv, mask, old_entropy=entropy)
-    loss, stats = P.objective(logp, entropy, micro, micro, cfg)
+    loss, stats, _ = P.objective(logp, entropy, micro, micro, cfg)
     loss.backward()
     return loss, logp.grad, {k: v.item() for k, v in stats.items()}
 
@@ -222,7 +222,7 @@ def test_entropy_bonus_patch_is_one_flag_and_trains_the_entropy(tmp_path):
     batch["old_logp"], batch["old_entropy"] = P.score_old_policy(model, batch, minibatches, cfg)
     ids, attention, response_mask = batch["input_ids"], batch["attention_mask"], batch["response_mask"]
     logp, entropy = P.logp_and_entropy(model, batch, cfg)
-    loss, stats = P.objective(logp, entropy, batch, batch, cfg)
+    loss, stats, _ = P.objective(logp, entropy, batch, batch, cfg)
     loss.backward()
     model64 = copy.deepcopy(model).double()
     model64.zero_grad()

@@ -69,9 +69,9 @@ def test_tiny_preset_learns_with_bf16_on_cpu(tmp_path):
     (["--model", "/nonexistent/model"], "cannot load model '/nonexistent/model'"),
     (["--steps", "abc"], "invalid int value"),
     (["--ercc"], "unrecognized arguments"),
-    (["--erc-high", "1.1"], "act only with --erc"),
-    (["--beta1", "0.5"], "act only with --algo gppo or cegppo"),
-    (["--erc-low", "0.95"], "act only with --erc"),
+    (["--erc-high", "1.1"], "--erc-high acts only with --erc"),
+    (["--beta1", "0.5"], "--beta1 acts only with --algo gppo or cegppo"),
+    (["--erc-low", "0.95"], "--erc-low acts only with --erc"),
     (["--oversample", "1"], "--oversample acts only with --dynamic-sampling"),
     (["--lr", "-1"], "--lr"),
     (["--log-every", "0"], "--log-every"),
@@ -456,9 +456,10 @@ def test_help_takes_every_flag_from_config_and_the_eval_tool_lists_only_its_own(
         E.main(["--help"])
     out = " ".join(capsys.readouterr().out.split())
     assert all("--" + f.name.replace("_", "-") in out for f in dataclasses.fields(E.Config))
-    assert "--eps-low EPS_LOW ratio clip: lower bound 1 - eps_low (per --algo)" in out
+    assert "--eps-low EPS_LOW ratio clip: an offset, the lower bound is 1 - eps_low (per --algo)" in out
     assert "--steps STEPS training steps, one rollout batch each (per --preset)" in out
-    assert "--erc-low ERC_LOW ERC: a token keeps its gradient only if erc_low < H / H_old ... (default: 0.95)" in out
+    assert ("--erc-low ERC_LOW ERC: a bound, not an offset: a token keeps its gradient if erc_low < H / H_old "
+            "(default: 0.95)") in out
     with pytest.raises(SystemExit):
         load_tool("eval_checkpoint").main(["--help"])
     out = capsys.readouterr().out
