@@ -3,6 +3,7 @@
 import pytest
 import torch
 
+import erc_minimal as E
 from helpers import load_lab, load_tool
 
 
@@ -144,3 +145,23 @@ def test_word_problems_are_labelled_right_and_not_the_presets():
                                          "0.50 ± 0.00 | 0.25 ± 0.00 | 0.75 ± 0.00 |",
                                          "| smollm2 | 16 | sharing | 1 | 0.10 | 0.50 | 1.00 | 0.50 | 0.25 | 0.75 |",
                                          "| gppo_erc | 48 | sharing | 1 | 0.90 | 0.50 | 1.00 | 0.50 | 0.25 | 0.75 |"]
+
+
+def test_word_problems_answers_a_plus_b_compares_with_the_sum_not_the_gold(monkeypatch):
+    """`answers a + b` (sum_answer) is the share of greedy answers equal to the sum of the problem's two numbers,
+    whatever the gold answer: on a subtraction problem answered with the sum it is 1 while greedy is 0."""
+    tool = load_lab("word_problems")
+    answers = ["so it is 13", "13"]
+
+    class Tokenizer:
+        chat_template = None
+
+        def batch_decode(self, ids, skip_special_tokens):
+            return answers
+
+    monkeypatch.setattr(E, "evaluate", lambda *args: {"eval_greedy": 0.0, "eval_avg@4": 0.0, "eval_pass@4": 0.0})
+    monkeypatch.setattr(E, "rollout", lambda *args: (torch.zeros(2, 4, dtype=torch.long), None, torch.ones(2, 2)))
+    problems = [dict(question="Tom has 9 pens and gives away 4. How many are left?", answer="5", numbers=[9, 4]),
+                dict(question="Ana has 9 cups and breaks 4. How many are left?", answer="5", numbers=[9, 4])]
+    result = tool.evaluate_model(None, Tokenizer(), problems, E.Config(preset="tiny"))
+    assert result["sum_answer"] == 1.0 and result["writes_sum"] == 0.0  # 13 = 9 + 4, where the gold is 5

@@ -518,3 +518,14 @@ def test_save_total_limit_keeps_the_newest_and_removes_the_rest(tmp_path):
     E.main(tiny_argv(tmp_path, "--steps", "3", "--save-every", "1", "--save-total-limit", "2"))
     assert sorted(p.name for p in tmp_path.glob("checkpoint-*")) == ["checkpoint-2", "checkpoint-3"]
     assert not list(tmp_path.glob("*.tmp"))
+
+
+def test_evaluation_keeps_one_prompt_per_call_when_samples_exceed_a_rollout(monkeypatch):
+    """--eval-samples larger than a training rollout's rows (4 x 2 = 8 here, 12 samples): each generate call
+    takes one prompt with all its samples, never none (an endless or empty loop)."""
+    cfg = E.Config(preset="tiny", prompts_per_step=4, group_size=2, eval_prompts=3, eval_samples=12)
+    model, tok = tiny_model_and_tokenizer(seed=3)
+    seen = []
+    spy_on_generate(model, seen, lambda kw: (len(kw["input_ids"]), kw["num_return_sequences"]))
+    result = E.evaluate(model, tok, E.load_data(cfg, tok, split="test"), cfg)
+    assert seen[-3:] == [(1, 12)] * 3 and sum(p for p, k in seen if k == 12) == 3 and "eval_pass@12" in result

@@ -6,11 +6,13 @@
 
 Runs whose config.json differ only in --seed (and --out) form one arm, named by the fields that differ between
 arms; or name the arms yourself, NAME=RUN,RUN,... (for runs whose configs are equal, as when a fork patched a
-function). For each arm: held-out metrics at the last evaluation, the entropy at the first and last step, the standard
-deviation of step-to-step entropy changes, the clip and ERC-clip fractions after the first mini-batch (means over
-steps), the largest grad norm, and the diag_* means when logged. With two arms, each row says whether the
-difference of the means exceeds the larger of the two standard deviations. Reads only metrics.jsonl and
-config.json, so runs from any machine compare.
+function). A row for every numeric field of metrics.jsonl that any run has (a fork's own statistics included):
+its mean over the steps that logged it, except held-out metrics (eval_*: at the last evaluation) and
+grad_norm_max (the largest); and for the entropy also its first and last value and the standard deviation of its
+step-to-step changes. A field an arm's runs lack reads "missing". With two arms, each row says whether the
+difference of the means exceeds the larger of the two standard deviations; with a single run in an arm there is
+no spread to compare against, and the row says so. Reads only metrics.jsonl and config.json, so runs from any
+machine compare.
 """
 import argparse
 import json
@@ -26,22 +28,23 @@ def read_metrics(run):
     return [json.loads(line) for line in (Path(run) / "metrics.jsonl").read_text().splitlines()]
 
 
+def is_number(value):
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
 def run_summary(rows):
-    """One run's numbers, from its metrics.jsonl records."""
+    """One run's numbers, from its metrics.jsonl records: every numeric field but the step (see the docstring)."""
     entropy = [r["entropy"] for r in rows if "entropy" in r]
-    summary = {"entropy_start": entropy[0], "entropy_end": entropy[-1]}
+    summary = {"entropy_start": entropy[0], "entropy_end": entropy[-1]} if entropy else {}
     if len(entropy) > 2:
         summary["entropy_change_sd"] = statistics.stdev(b - a for a, b in zip(entropy, entropy[1:]))
-    for key in ("clip_frac_after_first", "erc_clip_frac_after_first"):
+    evaluations = [r for r in rows if any(k.startswith("eval_") for k in r)]
+    for key in dict.fromkeys(k for r in rows for k, v in r.items() if is_number(v) and k != "step"):
         values = [r[key] for r in rows if key in r]
-        if values:
-            summary[key] = statistics.mean(values)
-    summary["grad_norm_max"] = max(r["grad_norm_max"] for r in rows if "grad_norm_max" in r)
-    evaluations = [r for r in rows if "eval_greedy" in r]
-    if evaluations:
-        summary.update({k: v for k, v in evaluations[-1].items() if k.startswith("eval_")})
-    for key in sorted({k for r in rows for k in r if k.startswith("diag_")}):
-        summary[key] = statistics.mean(r[key] for r in rows if key in r)
+        if key.startswith("eval_"):
+            summary[key] = [r[key] for r in evaluations if key in r][-1]
+        else:
+            summary[key] = max(values) if key == "grad_norm_max" else statistics.mean(values)
     return summary
 
 
@@ -74,20 +77,35 @@ def compare(arms):
     arms, values = arms if isinstance(arms, dict) else arms_of(arms), {}
     for arm, runs in arms.items():
         summaries = [run_summary(read_metrics(run)) for run in runs]
-        values[arm] = {k: [s[k] for s in summaries if k in s] for k in summaries[0]}
-    return values, table(values)
+        values[arm] = {k: [s[k] for s in summaries if k in s] for k in dict.fromkeys(k for s in summaries for k in s)}
+    return values, table(values, {arm: len(runs) for arm, runs in arms.items()})
 
 
-def table(values):
-    """The table's lines: a row per metric that every arm has, mean ± std per arm, and with two arms "differs?"."""
+def cell(values):
+    """mean ± std over an arm's runs; the std is left out where one run has the metric, "missing" where none has."""
+    if not values:
+        return "missing"
+    return f"{statistics.mean(values):.4g} ± {spread(values):.2g}" if len(values) > 1 else f"{values[0]:.4g} (1 run)"
+
+
+def table(values, runs=None):
+    """The table's lines: a row per metric that any arm has, mean ± std per arm, and with two arms "differs?";
+    `runs` ({arm: number of runs}) names the arms' sizes in the header (default: the most values of a metric)."""
     arms = list(values)
-    metrics = [k for k in values[arms[0]] if all(k in values[a] for a in arms)]
-    header = ["metric", *(f"{a} (n={len(values[a][metrics[0]])})" for a in arms)] + (["differs?"] * (len(arms) == 2))
+    metrics = list(dict.fromkeys(k for a in arms for k in values[a]))
+    runs = runs or {a: max(len(v) for v in values[a].values()) for a in arms}
+    header = ["metric", *(f"{a} (n={runs[a]})" for a in arms)] + (["differs?"] * (len(arms) == 2))
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for metric in metrics:
-        cells = [f"{statistics.mean(values[a][metric]):.4g} ± {spread(values[a][metric]):.2g}" for a in arms]
+        per_arm = [values[a].get(metric, []) for a in arms]
+        cells = [cell(v) for v in per_arm]
         if len(arms) == 2:
-            cells.append("yes" if differs(*(values[arm][metric] for arm in arms)) else "no")
+            if not all(per_arm):
+                cells.append("-")
+            elif min(len(v) for v in per_arm) < 2:
+                cells.append("no spread (1 run)")
+            else:
+                cells.append("yes" if differs(*per_arm) else "no")
         lines.append(f"| {metric} | " + " | ".join(cells) + " |")
     return lines
 

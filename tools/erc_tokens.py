@@ -61,7 +61,7 @@ class Recorder:
             loss_tok, logged = policy_loss(logp, old_logp, advantages, response_mask, cfg, entropy, old_entropy)
             if self.pending:  # the micro-batches come in the order train_on_batch runs them
                 self.capture(self.pending.pop(0), logp, old_logp, advantages, response_mask, cfg, entropy,
-                             old_entropy)
+                             old_entropy, logged)
             return loss_tok, logged
 
         E.train_step, E.train_on_batch, E.policy_loss = (recording_train_step, recording_train_on_batch,
@@ -82,7 +82,13 @@ class Recorder:
                 self.pending.append((m, idx.tolist()))
         self.chosen, self.batch = set(chosen), batch
 
-    def capture(self, where, logp, old_logp, advantages, response_mask, cfg, entropy, old_entropy):
+    def capture(self, where, logp, old_logp, advantages, response_mask, cfg, entropy, old_entropy, logged):
+        """The chosen rows of one micro-batch; ERC's decisions are the loss's own masks (a fork's included)."""
+        if cfg.erc and not {"erc_low_frac", "erc_high_frac"} <= logged.keys():
+            E.fail("erc_tokens.py: this run's policy_loss logs no erc_low_frac / erc_high_frac masks, so ERC's "
+                   "decisions cannot be read from it (docs/forking.md)")
+        no_erc = torch.zeros_like(response_mask, dtype=torch.bool)
+        fell_all, rose_all = (logged["erc_low_frac"], logged["erc_high_frac"]) if cfg.erc else (no_erc, no_erc)
         minibatch, rows = where
         lo, hi = 1 - cfg.eps_low, 1 + cfg.eps_high
         for j, row in enumerate(rows):
@@ -91,7 +97,7 @@ class Recorder:
             valid = response_mask[j].bool()
             a = advantages[j].item()
             rho = ((entropy[j] + 1e-8) / (old_entropy[j] + 1e-8)).detach()[valid]  # as erc_band_exits
-            fell, rose = (m[valid] for m in E.erc_band_exits(entropy[j], old_entropy[j], cfg))  # the loss's masks
+            fell, rose = fell_all[j][valid], rose_all[j][valid]  # what the loss decided
             r = (logp[j] - old_logp[j]).detach().exp()[valid]
             stopped = (r > hi) if a > 0 else (r < lo) if a < 0 else torch.zeros_like(r, dtype=torch.bool)
             ids = self.batch["input_ids"][row, -response_mask.shape[1]:][valid.to(self.batch["input_ids"].device)]

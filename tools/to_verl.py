@@ -8,6 +8,7 @@ placeholders, then each setting that has no counterpart there and the fork's kno
 The keys are those the fork's own recipe scripts pass (recipe/dapo/*_erc_1_05.sh); the batch sizes are counted
 as there, in prompts. Prepare the data as verl wants it (parquet or json with a `prompt` column) before running.
 """
+import dataclasses
 import json
 import sys
 from pathlib import Path
@@ -15,13 +16,22 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import erc_minimal as E  # noqa: E402
 
+# The Config fields this tool knows: carried into the command, or named below it; any other field (a fork's own)
+# is named as not carried over.
+KNOWN = set("""max_new_tokens prompts_per_step oversample dynamic_sampling group_size eps_low eps_high clip_c sft_coef
+algo erc erc_low erc_high gradient_checkpointing lr warmup_steps weight_decay num_minibatches max_grad_norm temperature
+eval_temperature eval_top_p eval_samples eval_every save_every beta1 beta2 steps seed micro_batch_size logprob_chunk
+threads reward instruction eval_prompts model dataset eval_dataset prompt_field answer_field preset bf16 out resume
+overwrite log_every save_total_limit""".split())
+
 # erc_minimal's (--algo, --erc) -> the fork's actor.policy_loss.loss_mode
 LOSS_MODES = {("grpo", True): "grpo_erc", ("dapo", True): "grpo_erc", ("gppo", True): "gppo_erc",
               ("grpo", False): "vanilla", ("dapo", False): "vanilla", ("gspo", False): "gspo"}
 
 
-def overrides(cfg):
-    """(the Hydra overrides as (key, value) pairs, the lines on what does not carry over) for a Config."""
+def overrides(cfg, unknown=()):
+    """(the Hydra overrides as (key, value) pairs, the lines on what does not carry over) for a Config; `unknown`:
+    fields of the run's config.json that this erc_minimal.py's Config does not have."""
     actor, rollout = "actor_rollout_ref.actor.", "actor_rollout_ref.rollout."
     no_erc_gppo = cfg.algo == "gppo" and not cfg.erc  # the fork has GPPO only as gppo_erc: a band keeping all
     mode = LOSS_MODES.get((cfg.algo, cfg.erc)) or ("gppo_erc" if no_erc_gppo else None)
@@ -66,6 +76,9 @@ def overrides(cfg):
                      f"{cfg.prompts_per_step}: the fork counts mini-batches in prompts (rounded down above)")
     if cfg.algo == "cegppo" or (cfg.algo == "gppo" and (cfg.beta1, cfg.beta2) != (1.0, 1.0)):
         notes.append("--beta1 / --beta2: no counterpart in this fork (the CE-GPPO fork, Kwai-Klear/CE-GPPO, has them)")
+    unknown = [*unknown, *(f.name for f in dataclasses.fields(cfg) if f.name not in KNOWN)]
+    notes += [f"--{name.replace('_', '-')}: a setting this tool does not know (a fork's?), not carried over: set "
+              "its counterpart by hand" for name in unknown]
     notes += [
         "the cluster's keys (nodes, GPUs, sequence parallel, offload, vLLM, dynamic batch sizes): as the fork's "
         "recipe scripts set them",
@@ -75,6 +88,10 @@ def overrides(cfg):
         f"--reward {cfg.reward}, --instruction: the fork's reward manager (dapo: math_verify, +1 / -1) and the "
         "prompts as written in the data files",
         f"--eval-prompts {cfg.eval_prompts}: the fork validates on the whole val file",
+        f"--model, --dataset, --eval-dataset, --prompt-field {cfg.prompt_field}, --answer-field {cfg.answer_field}: "
+        "placeholders above; write the data files with a `prompt` column (the question in the chat format) and the "
+        "gold answer where the fork's reward manager reads it",
+        f"--bf16 {cfg.bf16}: the fork always trains under FSDP bf16 mixed precision",
         "trap: the fork takes log-probs and entropies from bf16 logits (FSDP mixed precision), so its ERC band "
         "also clips rounding; this script's fp32 logits do not (patches/bf16_logits.patch is theirs)",
         "trap: the fork's dp_actor.py torch.saves old and new log-probs, entropies, advantages and masks of every "
@@ -85,9 +102,9 @@ def overrides(cfg):
     return pairs, notes
 
 
-def command(cfg):
+def command(cfg, unknown=()):
     """The launch command and its notes, as text."""
-    pairs, notes = overrides(cfg)
+    pairs, notes = overrides(cfg, unknown)
     lines = ["python -m recipe.dapo.main_dapo \\"] + [f"    {k}={v} \\" for k, v in pairs]
     lines[-1] = lines[-1][:-2]
     return "\n".join(lines + ["", "# what does not carry over:"] + [f"# - {n}" for n in notes])
@@ -100,14 +117,16 @@ def main(argv=None):
             saved = Path(argv[0], "config.json")
             if not saved.exists():
                 raise ValueError(f"{argv[0]} has no config.json (a run folder of erc_minimal.py)")
-            config = {k: v for k, v in json.loads(saved.read_text()).items() if k in E.Config.__dataclass_fields__}
+            saved = json.loads(saved.read_text())
+            unknown = [k for k in saved if k not in E.Config.__dataclass_fields__]
+            config = {k: v for k, v in saved.items() if k not in unknown}
             cfg = E.Config(**{**config, "resume": False, "overwrite": False})
         else:
-            given = E.parse_args(argv, prog="to_verl.py RUN_DIR, or", description=__doc__)
+            given, unknown = E.parse_args(argv, prog="to_verl.py RUN_DIR, or", description=__doc__), []
             cfg = E.Config(**given, given=given)
     except ValueError as e:
         E.fail(e)
-    text = command(cfg)
+    text = command(cfg, unknown)
     print(text)
     return text
 
