@@ -274,6 +274,11 @@ MUTATIONS = [
     ("erc_tokens: ERC's sides swapped, not the loss's own masks",
      'fell, rose = fell_all[j][valid], rose_all[j][valid]', 'fell, rose = rose_all[j][valid], fell_all[j][valid]',
      "tools/erc_tokens.py"),
+    ("conformance: no token beyond the dual clip", "c * 1.5]", "c * 0.99]", "tools/conformance.py"),
+    ("conformance: the gradient table names cegppo's weights as gppo's",
+     'if cfg.algo == "cegppo" else {}', 'if False else {}', "tools/conformance.py"),
+    ("conformance: the ERC band's exact edges not placed", "rho_kinds = [1.0, 0.99, cfg.erc_low, cfg.erc_high,",
+     "rho_kinds = [1.0, 0.99, cfg.erc_low + 1e-3, cfg.erc_high - 1e-3,", "tools/conformance.py"),
 ]
 
 

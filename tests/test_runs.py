@@ -2,6 +2,7 @@
 checkpoints, the real-data path offline, evaluation."""
 import dataclasses
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -12,7 +13,7 @@ import pytest
 import torch
 
 import erc_minimal as E
-from helpers import comparable, load_tool
+from helpers import ROOT, comparable, load_tool
 from test_erc_minimal import recording_reward, spy_on_generate, tiny_argv, tiny_model_and_tokenizer
 
 
@@ -529,3 +530,13 @@ def test_evaluation_keeps_one_prompt_per_call_when_samples_exceed_a_rollout(monk
     spy_on_generate(model, seen, lambda kw: (len(kw["input_ids"]), kw["num_return_sequences"]))
     result = E.evaluate(model, tok, E.load_data(cfg, tok, split="test"), cfg)
     assert seen[-3:] == [(1, 12)] * 3 and sum(p for p, k in seen if k == 12) == 3 and "eval_pass@12" in result
+
+
+def test_the_guides_links_resolve():
+    """Every relative link of the README, the reference pages and the lab reports names a file or folder of the
+    repository (the layout moved once; a link left behind would send a reader nowhere)."""
+    pages = [ROOT / "README.md", *(ROOT / "docs").glob("*.md"), *(ROOT / "labs").rglob("*.md")]
+    broken = [(page.relative_to(ROOT), target) for page in pages
+              for target in re.findall(r"\]\(([^)\s]+)\)", page.read_text())
+              if not re.match(r"[a-z]+://|#", target) and not (page.parent / target.split("#")[0]).exists()]
+    assert len(pages) > 10 and not broken, broken

@@ -69,12 +69,19 @@ def test_eval_tool_never_writes_into_a_users_model_folder(tmp_path):
     assert E.read_jsonl(tmp_path / "out" / "eval.jsonl")[0]["eval_greedy"] == result["eval_greedy"]
 
 
-def test_plot_script_draws_the_metrics(tmp_path):
+def test_plot_script_draws_the_metrics_and_names_what_it_leaves_out(tmp_path, capsys):
+    """The figure of a run; the numeric fields it does not draw are named in one line, and a field named after
+    OUT gets a panel (and is no longer named)."""
     pytest.importorskip("matplotlib", reason="the plot needs matplotlib (optional)")
     E.main(tiny_argv(tmp_path, "--steps", "2"))
     plot = load_tool("plot_metrics")
+    capsys.readouterr()
     assert plot.plot_metrics(str(tmp_path)) == str(tmp_path / "metrics.png")
     assert (tmp_path / "metrics.png").stat().st_size > 10_000
+    left_out = capsys.readouterr().out.strip().split(": ", 1)[1].split(", ")
+    assert "grad_norm" in left_out and "response_len" in left_out and "reward" not in left_out
+    plot.plot_metrics(str(tmp_path), ["grad_norm"])
+    assert "grad_norm" not in capsys.readouterr().out.strip().split(": ", 1)[1].split(", ")
 
 
 # The Hydra keys the authors' fork passes in its released recipes, read with the search tool from Kwai-Klear/ERC at
@@ -456,3 +463,85 @@ def test_smol_held_out_rows_mix_every_kind_in_the_first_eval_prompts():
     for words in (["Mia", "Tom", "Ana", "Ben", "Leo", "Sara"], ["apple", "sticker", "marble", "book", "coin", "card"],
                   ["gets", "finds", "buys"]):
         assert all(any(f" {w}" in q or q.startswith(w) for q in rows) for w in words), words
+
+
+# ------------------------------------------------------------------ conformance cases (tools/conformance.py, conformance/)
+def test_conformance_file_is_what_the_code_computes_now():
+    """conformance/cases.json equals what tools/conformance.py writes from the running code, byte for byte: a
+    changed formula fails here until the file is written again on purpose."""
+    tool = load_tool("conformance")
+    assert (ROOT / "conformance" / "cases.json").read_text() == tool.text(tool.document())
+
+
+def test_conformance_cases_put_tokens_in_every_region_of_the_gradient_table():
+    """Classifying the file's tokens (not listing them): for every loss, each row of formulas §3's table (each
+    side of each bound and exactly on it, both signs of A, the dual clip where there is one), A = 0; for ERC, the
+    entropy ratio inside the band, beyond each edge and on each edge; padding, a one-token response, an all-equal
+    group."""
+    doc = json.loads((ROOT / "conformance" / "cases.json").read_text())
+    seen = set()
+    for case in doc["cases"]:
+        s, x = case["settings"], {k: torch.tensor(v, dtype=torch.float64) for k, v in case["inputs"].items()}
+        mask, A = x["response_mask"].bool(), x["advantages"][:, None].expand_as(x["log_prob"])
+        log_r = (x["log_prob"] - x["old_log_prob"]) * mask
+        if s["algo"] == "gspo":
+            log_r = (log_r.sum(1, keepdim=True) / mask.sum(1, keepdim=True)).expand_as(log_r)
+        r, lo, hi, c = log_r.exp(), 1 - s["eps_low"], 1 + s["eps_high"], s["clip_c"]
+        rho = (x["entropy"] + 1e-8) / (x["old_entropy"] + 1e-8)
+        regions = {"lo <= r <= hi": (r >= lo) & (r <= hi) & (A != 0), "A > 0, r > hi": (A > 0) & (r > hi),
+                   "A < 0, r < lo": (A < 0) & (r < lo), "A > 0, r < lo": (A > 0) & (r < lo),
+                   "A < 0, hi < r <= c": (A < 0) & (r > hi) & (r <= (c or math.inf)),
+                   "A = 0": A == 0, "r = lo": (r - lo).abs() < 1e-12, "r = hi": (r - hi).abs() < 1e-12}
+        if c is not None:
+            regions["A < 0, r > c"] = (A < 0) & (r > c)
+        if s["erc"]:
+            regions.update({"rho inside": (rho > s["erc_low"]) & (rho < s["erc_high"]),
+                            "rho below": rho < s["erc_low"] - 1e-9, "rho above": rho > s["erc_high"] + 1e-9,
+                            "rho = low": (rho - s["erc_low"]).abs() < 1e-12, "rho = high": (rho - s["erc_high"]).abs() < 1e-12})
+        seen |= {(s["algo"], s["erc"], name) for name, where in regions.items() if (where & mask).any()}
+        seen |= {(s["algo"], "padding")} if (~mask).any() else set()
+        seen |= {(s["algo"], "one token")} if (mask.sum(1) == 1).any() else set()
+        seen |= {(s["algo"], "all-equal group")} if (x["rewards"].view(-1, case["group_size"]).std(1) == 0).any() else set()
+    for algo in E.ALGO_DEFAULTS:
+        rows = ["lo <= r <= hi", "A > 0, r > hi", "A < 0, r < lo", "A > 0, r < lo", "A < 0, hi < r <= c", "A = 0",
+                "r = lo", "r = hi"] + (["A < 0, r > c"] if algo != "gspo" and algo != "cispo" else [])
+        missing = [(algo, erc, row) for erc in (False, True) for row in rows if (algo, erc, row) not in seen]
+        missing += [(algo, True, row) for row in ("rho inside", "rho below", "rho above", "rho = low", "rho = high")
+                    if (algo, True, row) not in seen]
+        missing += [(algo, what) for what in ("padding", "one token", "all-equal group") if (algo, what) not in seen]
+        assert not missing, missing
+
+
+def test_conformance_pages_worked_check_runs(monkeypatch):
+    """conformance/README.md's checker and its framework-style adapter of this script's losses, run as written:
+    every case passes in float64 and, away from the edges, in float32; a wrong loss (no dual clip anywhere) fails
+    the cases that have one."""
+    import re
+    monkeypatch.chdir(ROOT)
+    namespace = {}
+    for block in re.findall(r"```python\n(.*?)```", (ROOT / "conformance" / "README.md").read_text(), re.S):
+        exec(compile(block, "conformance/README.md", "exec"), namespace)
+
+    def without_dual_clip(*args, **kwargs):
+        return namespace["erc_minimal_loss"](*args[:4], {**args[4], "clip_ratio_c": None}, **kwargs)
+    failed = namespace["check"](without_dual_clip)
+    assert failed and all(name.split("_")[0].split("+")[0] in ("grpo", "dapo", "gppo", "cegppo") for name in failed)
+
+
+def test_gradient_table_from_the_code_equals_the_formula_sheets(capsys):
+    """python tools/conformance.py table: F by autograd through policy_loss in each region, for every variant with
+    and without ERC, is the formula sheet's §3 table (read from docs/equations.md); ERC's out-of-band tokens get 0;
+    gspo's row is PPO-clip on the sequence ratio without the dual clip."""
+    table = load_tool("conformance").main(["table"])
+    sheet = (ROOT / "docs" / "equations.md").read_text().split("## §3", 1)[1].split("### §3.1", 1)[0]
+    rows = [[cell.strip() for cell in line.strip("|").split("|")] for line in sheet.splitlines() if line.startswith("|")]
+    header, body = rows[0], rows[2:]
+    for column, names in zip(header[1:], ("grpo dapo", "gppo", "cegppo", "cispo")):
+        for row in body:
+            region = row[0].replace("lo ≤ r ≤ hi", "lo ≤ r ≤ hi")
+            for name in names.split():
+                for variant in (name, name + " + ERC"):
+                    assert table[variant][region] == row[1 + header[1:].index(column)], (variant, region)
+    assert all(table[v + " + ERC"]["ρ outside the band"] == "0" for v in ("grpo", "dapo", "gppo", "cegppo", "cispo", "gspo"))
+    assert table["gspo"] == {**table["grpo"], "A < 0, r > c (dual clip)": "r"}
+    assert "| cegppo + ERC | r | β2 · hi | β1 · lo | r | r | 0 | 0 |" in capsys.readouterr().out

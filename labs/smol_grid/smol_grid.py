@@ -176,7 +176,7 @@ def report(runs=RUNS):
     dropped = [arm for arm in ARMS if arm not in arms]
     text = ["# ERC on the smol preset: the pre-registered comparison", "",
             "Made by `python labs/smol_grid/smol_grid.py grid` and `report` (criteria and set-up: "
-            "[labs.md](labs.md#erc-on-the-smol-preset-a-pre-registered-comparison)). SmolLM2-135M-Instruct, word sums, "
+            "[labs/README.md](../README.md#erc-on-the-smol-preset-a-pre-registered-comparison)). SmolLM2-135M-Instruct, word sums, "
             "30 steps at 8 mini-batches; held-out: 48 prompts at step 30. Mean ± std over seeds.", "",
             "Arms run: " + ", ".join(f"{arm} ({', '.join(Path(r).name for r in runs)})" for arm, runs in arms.items())
             + ". Dropped (no time): " + (", ".join(dropped) or "none") + ".", "",
