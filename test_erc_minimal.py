@@ -93,7 +93,8 @@ def test_config_defaults_follow_spec_table():
 @pytest.mark.parametrize("kwargs", [dict(algo="ppo"), dict(eps_low=0.0), dict(eps_low=1.5), dict(eps_high=-0.1),
                                     dict(clip_c=1.0), dict(erc_low=1.1, erc_high=1.05), dict(erc_low=0.0),
                                     dict(beta1=-1.0), dict(group_size=1), dict(steps=0),
-                                    dict(preset="tiny", num_minibatches=3)])
+                                    dict(preset="tiny", num_minibatches=3), dict(erc=True, erc_low=1.01, erc_high=1.2),
+                                    dict(erc=True, erc_low=0.8, erc_high=0.99)])
 def test_config_rejects_bad_values(kwargs):
     with pytest.raises(ValueError):
         E.Config(**kwargs)

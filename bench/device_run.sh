@@ -16,7 +16,7 @@ check() { name=$1; shift; timeout 150 python3 "$@" 2>&1 | tee "$OUT/check_$name.
 check default tools/gpu_check.py --steps 3
 check mb4 tools/gpu_check.py --steps 3 --micro-batch-size 4
 check mb4_ckpt tools/gpu_check.py --steps 3 --micro-batch-size 4 --gradient-checkpointing
-S=/tmp/erc_static; rm -rf $S && mkdir -p $S/bench &&
-  cp erc_minimal.py $S/ && cp tools/gpu_check.py $S/bench/ &&
+S=/tmp/erc_static; rm -rf $S && mkdir -p $S/tools &&
+  cp erc_minimal.py $S/ && cp tools/gpu_check.py $S/tools/ &&
   (cd $S && patch -p1 -s) < patches/static_cache.patch &&
   check static $S/tools/gpu_check.py --steps 3 --static-cache

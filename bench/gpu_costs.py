@@ -16,7 +16,7 @@ import time
 import torch
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-sys.path[:0] = [os.path.dirname(HERE), HERE]
+sys.path[:0] = [os.path.dirname(HERE), os.path.join(os.path.dirname(HERE), "tools")]  # gpu_check.py
 import erc_minimal as E  # noqa: E402
 from gpu_check import QWEN25_05B, SMALL, build  # noqa: E402
 

@@ -1,6 +1,7 @@
 """The run around the method: the command line, end-to-end learning, bad input, interruption and resume,
 checkpoints, the real-data path offline, evaluation."""
 import dataclasses
+import math
 import os
 import re
 import signal
@@ -71,6 +72,7 @@ def test_tiny_preset_learns_with_bf16_on_cpu(tmp_path):
     (["--steps", "abc"], "invalid int value"),
     (["--ercc"], "unrecognized arguments"),
     (["--erc-high", "1.1"], "--erc-high acts only with --erc"),
+    (["--erc", "--erc-low", "1.01", "--erc-high", "1.2"], "the ERC band must hold 1"),
     (["--beta1", "0.5"], "--beta1 acts only with --algo gppo or cegppo"),
     (["--erc-low", "0.95"], "--erc-low acts only with --erc"),
     (["--oversample", "1"], "--oversample acts only with --dynamic-sampling"),
@@ -540,3 +542,63 @@ def test_the_guides_links_resolve():
               for target in re.findall(r"\]\(([^)\s]+)\)", page.read_text())
               if not re.match(r"[a-z]+://|#", target) and not (page.parent / target.split("#")[0]).exists()]
     assert len(pages) > 10 and not broken, broken
+
+
+# ------------------------------------------------------------------ the model families the script is proven on
+FAMILY_COMMON = dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
+                     num_key_value_heads=2, max_position_embeddings=128, tie_word_embeddings=True, bos_token_id=0,
+                     eos_token_id=0, pad_token_id=0)
+FAMILIES = {  # small random-weight configurations of the architectures users pick
+    "qwen2": ("Qwen2Config", "Qwen2ForCausalLM", {}),
+    "qwen3": ("Qwen3Config", "Qwen3ForCausalLM", dict(head_dim=16)),
+    "qwen3_5": ("Qwen3_5TextConfig", "Qwen3_5ForCausalLM",  # hybrid: a linear-attention and a full-attention layer
+                dict(head_dim=16, layer_types=["linear_attention", "full_attention"], linear_num_value_heads=4,
+                     linear_num_key_heads=2, linear_key_head_dim=16, linear_value_head_dim=16)),
+    "llama": ("LlamaConfig", "LlamaForCausalLM", {}),
+}
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_model_family_scores_what_it_samples_and_trains(family):
+    """Per architecture: a left-padded row's log-probs equal the same row scored alone, unpadded; the rollout's own
+    sampling log-probs (generate's scores at T = 0.7) equal the scoring's; one training step runs, with and without
+    bf16 autocast, with the noise floor at 0."""
+    config, causal_lm, extra = FAMILIES[family]
+    if not hasattr(E.transformers, causal_lm):
+        pytest.skip(f"this transformers has no {causal_lm}")
+    tok = E.make_tiny_tokenizer()
+    tok.padding_side = "left"
+    torch.manual_seed(0)
+    model = getattr(E.transformers, causal_lm)(getattr(E.transformers, config)(vocab_size=len(tok), **FAMILY_COMMON,
+                                                                               **extra)).eval()
+    cfg = E.Config(preset="tiny", temperature=0.7, max_new_tokens=6, prompts_per_step=3, group_size=2,
+                   num_minibatches=2, erc=True)
+    scores, generate = [], model.generate
+
+    def generate_with_scores(**kwargs):
+        scores.append(generate(**kwargs, output_scores=True, return_dict_in_generate=True))
+        return scores[-1].sequences
+    model.generate = generate_with_scores
+    torch.manual_seed(1)
+    ids, attention, response_mask = E.rollout(model, tok, ["1+2=", "13+4+2=", "3="], 2, 0.7, 6)
+    model.generate = generate
+    batch = dict(input_ids=ids, attention_mask=attention, response_mask=response_mask)
+    with torch.no_grad():
+        logp, _ = E.logp_and_entropy(model, batch, cfg)
+        sampled = torch.stack(scores[0].scores, 1).log_softmax(-1).gather(-1, ids[:, -response_mask.shape[1]:, None])
+        torch.testing.assert_close(sampled.squeeze(-1) * response_mask, logp, atol=2e-6, rtol=0)
+        assert (attention == 0).any()  # left padding really occurs
+        for i in range(len(ids)):
+            keep = attention[i].bool() | (torch.arange(ids.shape[1]) >= ids.shape[1] - response_mask.shape[1])
+            alone = dict(input_ids=ids[i:i + 1, keep], attention_mask=attention[i:i + 1, keep],
+                         response_mask=response_mask[i:i + 1])
+            torch.testing.assert_close(E.logp_and_entropy(model, alone, cfg)[0][0], logp[i], atol=2e-6, rtol=0)
+    rows = {"prompt": ["1+2=", "3+4=", "2+2="], "answer": ["3", "7", "4"]}
+    for bf16 in (False, True):
+        step_cfg = dataclasses.replace(cfg, bf16=bf16)
+        optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0)
+        sampler = E.frozen_copy(model, torch.bfloat16) if bf16 else model
+        record = E.train_step(step_cfg, model, sampler, optimizer, scheduler, tok, rows)
+        assert record["updates"] == 2 and math.isfinite(record["loss"]), (family, bf16)
+        assert record["first_mb_max_ratio_err"] <= 1e-6 and record["first_mb_erc_clip_frac"] == 0.0, (family, bf16)

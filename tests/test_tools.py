@@ -4,6 +4,7 @@ import importlib.util
 import json
 import math
 import os
+from pathlib import Path
 
 import pytest
 import torch
@@ -545,3 +546,22 @@ def test_gradient_table_from_the_code_equals_the_formula_sheets(capsys):
     assert all(table[v + " + ERC"]["ρ outside the band"] == "0" for v in ("grpo", "dapo", "gppo", "cegppo", "cispo", "gspo"))
     assert table["gspo"] == {**table["grpo"], "A < 0, r > c (dual clip)": "r"}
     assert "| cegppo + ERC | r | β2 · hi | β1 · lo | r | r | 0 | 0 |" in capsys.readouterr().out
+
+
+def test_every_script_finds_its_imports_from_its_own_folder():
+    """Each script of tools/, labs/, bench/ and dev/ imports as it would in a fresh `python SCRIPT` (the import
+    path and the modules another script added are put back after each), so a script that only worked because
+    something else had put its folder on sys.path fails here."""
+    import sys
+    scripts = sorted([*(ROOT / "tools").glob("*.py"), *(ROOT / "labs").glob("*/*.py"), *(ROOT / "bench").glob("*.py"),
+                      *(ROOT / "dev").glob("*.py")])
+    assert len(scripts) > 20
+    for script in scripts:
+        path, modules = list(sys.path), set(sys.modules)
+        sys.path[:] = [p for p in path if Path(p).resolve() not in (ROOT / "tools", ROOT / "tests", ROOT / "bench")]
+        try:
+            load_script(str(script))
+        finally:
+            sys.path[:] = path
+            for name in set(sys.modules) - modules:
+                del sys.modules[name]
