@@ -3,7 +3,6 @@
 
     python erc_minimal.py --preset tiny --algo gppo --erc    # CPU, offline, under a minute
     python erc_minimal.py --algo gppo --erc                  # Qwen2.5-0.5B-Instruct on GSM8K, one CUDA GPU
-
 The method first, in the order a step runs, then a fence and the plumbing. Read first: train_step (one step,
 whole), policy_loss (every variant, then ERC), objective, logp_and_entropy, group_advantages. [DAPO §3.2]:
 the paper section a line implements; "formulas §n": docs/equations.md; a fork starts at docs/forking.md.
@@ -60,6 +59,7 @@ class Config:  # each field is a flag (eps_low: --eps-low) and its comment the f
     prompt_field: str = "question"  # dataset column holding the question
     answer_field: str = "answer"  # dataset column holding the gold answer (after '####' if present)
     instruction: str = None  # text after each question in the user turn (per --preset)
+    chat_template_args: str = "{}"  # JSON object for the chat template: '{"enable_thinking": false}' (Qwen3)
     reward: str = "numeric"  # numeric: the number check below; math-verify: symbolic (pip install it)
     # --- the policy loss (formulas §3-§5)
     algo: str = "grpo"  # the policy loss: grpo, dapo, gppo, cegppo, cispo or gspo
@@ -130,7 +130,7 @@ def rollout(model, tokenizer, prompts, num_samples, temperature, max_new_tokens,
     eos = [tokenizer.eos_token_id, *(extra if isinstance(extra, list) else [extra])]  # repeats are harmless
     sequences = model.generate(**enc, **sampling, repetition_penalty=1.0, max_new_tokens=max_new_tokens,
                                num_return_sequences=num_samples, pad_token_id=tokenizer.pad_token_id,
-                               eos_token_id=eos, use_cache=True)  # [B, P+T]
+                               eos_token_id=eos)  # [B, P+T]
     prompt_mask = enc.attention_mask.repeat_interleave(num_samples, 0)  # [B, P]
     response_mask = make_response_mask(sequences[:, enc.input_ids.shape[1]:], eos)  # [B, T]
     return sequences, torch.cat([prompt_mask, response_mask], 1), response_mask
@@ -529,9 +529,6 @@ def make_tiny_dataset(n, seed):
     return datasets.Dataset.from_dict({"question": [f"{a}+{b}=" for a, b in pairs],
                                        "answer": [str(a + b) for a, b in pairs]})
 
-def first_line(error):
-    return f"{type(error).__name__}: {(str(error).splitlines() or [''])[0]}"
-
 def load_model_and_tokenizer(name, device):
     """'tiny', a local folder, or a hub id. tools/smol.py wraps this for GGUF files."""
     if name == "tiny":
@@ -542,19 +539,21 @@ def load_model_and_tokenizer(name, device):
             tokenizer = PreTrainedTokenizerFast.from_pretrained(name)  # as saved, not rebuilt per model type
             model = AutoModelForCausalLM.from_pretrained(name, dtype=torch.float32)
         except Exception as e:  # no network, not cached, truncated weights: all mean "cannot load"
-            raise ValueError(f"cannot load model {name!r} ({first_line(e)}); offline, HF_HUB_OFFLINE=1 uses "
-                             "the local cache; or use a local folder or --preset tiny") from None
+            raise ValueError(f"cannot load model {name!r}; offline, HF_HUB_OFFLINE=1 uses the local cache; "
+                             f"or use a local folder or --preset tiny ({type(e).__name__}: {e})") from None
     tokenizer.padding_side = "left"  # generate appends after the prompt
     tokenizer.pad_token = tokenizer.pad_token or tokenizer.eos_token
     return model.to(device), tokenizer
 
-def format_prompt(question, tokenizer, instruction):
-    """The question with --instruction after it, in the tokenizer's chat template when it has one."""
+def format_prompt(question, tokenizer, instruction, template_args="{}"):
+    """The question and --instruction, in the tokenizer's chat template if any, with --chat-template-args."""
     message = f"{question}\n{instruction}" if instruction else question
-    if not tokenizer.chat_template:
+    if not tokenizer.chat_template:  # arguments for a template that is not there would be lost without a word
+        if json.loads(template_args):
+            raise ValueError("--chat-template-args: this tokenizer has no chat template")
         return message
     return tokenizer.apply_chat_template([{"role": "user", "content": message}], tokenize=False,
-                                         add_generation_prompt=True)
+                                         add_generation_prompt=True, **json.loads(template_args))
 
 def read_dataset(source, split, cfg):
     """The raw rows of 'tiny', a local file or a hub dataset; tools/smol.py wraps this for word sums."""
@@ -568,8 +567,8 @@ def read_dataset(source, split, cfg):
             return datasets.load_dataset(suffix[1:].replace("jsonl", "json"), data_files=source)["train"]
         return datasets.load_dataset(source, "main" if source == "openai/gsm8k" else None, split=split)
     except Exception as e:  # a missing file, no network: datasets raises many types; all mean "cannot load"
-        raise ValueError(f"cannot load dataset {source!r} ({first_line(e)}); local files: "
-                         f"{', '.join(FILE_TYPES)}; offline, HF_HUB_OFFLINE=1 uses the local cache") from None
+        raise ValueError(f"cannot load dataset {source!r}; local files: {', '.join(FILE_TYPES)}; offline, "
+                         f"HF_HUB_OFFLINE=1 uses the local cache ({type(e).__name__}: {e})") from None
 
 def load_data(cfg, tokenizer, split="train"):
     """Columns 'prompt' (formatted), 'answer' (gold); 'test': --eval-dataset, else --dataset's test split."""
@@ -577,12 +576,13 @@ def load_data(cfg, tokenizer, split="train"):
     data = read_dataset(source, split, cfg)
     if split != "train":
         data = data.select(range(min(cfg.eval_prompts, len(data))))
-    missing = [f for f in (cfg.prompt_field, cfg.answer_field) if f not in data.column_names]
-    if missing:
-        raise ValueError(f"dataset {source!r} has no field {missing[0]!r}; it has {data.column_names}")
-    data = data.map(lambda row: {"prompt": format_prompt(row[cfg.prompt_field], tokenizer, cfg.instruction),
-                                 "answer": str(row[cfg.answer_field]).split("####")[-1].strip()},
-                    remove_columns=data.column_names)
+    try:
+        data = data.map(lambda row: {"prompt": format_prompt(row[cfg.prompt_field], tokenizer,
+                                                             cfg.instruction, cfg.chat_template_args),
+                                     "answer": str(row[cfg.answer_field]).split("####")[-1].strip()},
+                        remove_columns=data.column_names)
+    except KeyError as e:  # --prompt-field or --answer-field names no column
+        raise ValueError(f"dataset {source!r} has no field {e}; it has {data.column_names}") from None
     prompts = list(data["prompt"])
     decoded = tokenizer.batch_decode(tokenizer(prompts, add_special_tokens=False).input_ids)
     for prompt, text in zip(prompts, decoded):  # a tokenizer that drops characters would train on other text
@@ -609,8 +609,8 @@ def evaluate(model, tokenizer, data, cfg):
             f"eval_pass@{k}": (sampled > 0).any(1).float().mean().item()}
 
 def fail(message):
-    """Bad input or an unusable file: one line on stderr, exit code 2, no traceback."""
-    print(f"erc_minimal: error: {message}", file=sys.stderr)
+    """Bad input or an unusable file: one line on stderr (the message's first), exit code 2, no traceback."""
+    print(f"erc_minimal: error: {str(message).splitlines()[0]}", file=sys.stderr)
     sys.exit(2)
 
 def checkpoints(out):
@@ -629,7 +629,7 @@ def save_checkpoint(cfg, step, model, tokenizer, optimizer, scheduler, order):
         os.replace(tmp, final)  # atomic: from here on checkpoints() lists it
     except OSError as e:
         shutil.rmtree(tmp, ignore_errors=True)
-        fail(f"cannot write checkpoint {tmp} ({first_line(e)}); the earlier checkpoints are intact")
+        fail(f"cannot write checkpoint {tmp}; the earlier checkpoints are intact ({type(e).__name__}: {e})")
     for old in checkpoints(cfg.out)[:-cfg.save_total_limit]:
         shutil.rmtree(old)
     return final
@@ -658,7 +658,7 @@ def start_or_resume(cfg, optimizer, scheduler):
         try:
             state = torch.load(path, weights_only=False)
         except Exception as e:  # missing or truncated: name the file
-            fail(f"cannot load {path} ({first_line(e)})")
+            fail(f"cannot load {path} ({type(e).__name__}: {e})")
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
         start, order = state["step"], state["order"]
@@ -700,8 +700,8 @@ def setup(cfg):
     if Path(cfg.out, "metrics.jsonl").exists() and not (cfg.resume or cfg.overwrite):
         raise ValueError(f"--out {cfg.out!r} holds another run's metrics; add --resume to continue it or "
                          "--overwrite to start over")
-    device = "cuda" if torch.cuda.is_available() else "cpu"
-    model, tokenizer = load_model_and_tokenizer(last if cfg.resume else cfg.model, device)
+    model, tokenizer = load_model_and_tokenizer(last if cfg.resume else cfg.model,
+                                                "cuda" if torch.cuda.is_available() else "cpu")
     if cfg.gradient_checkpointing:  # transformers 5 renamed gradient_checkpointing_enable
         getattr(model, "activation_checkpointing_enable", model.gradient_checkpointing_enable)()
     eval_data = load_data(cfg, tokenizer, split="test") if cfg.eval_every else None

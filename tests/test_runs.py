@@ -602,3 +602,32 @@ def test_model_family_scores_what_it_samples_and_trains(family):
         record = E.train_step(step_cfg, model, sampler, optimizer, scheduler, tok, rows)
         assert record["updates"] == 2 and math.isfinite(record["loss"]), (family, bf16)
         assert record["first_mb_max_ratio_err"] <= 1e-6 and record["first_mb_erc_clip_frac"] == 0.0, (family, bf16)
+
+
+QWEN3_LIKE_TEMPLATE = ("{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n"
+                       "{% endfor %}<|im_start|>assistant\n"
+                       "{% if enable_thinking is defined and enable_thinking is false %}<think>\n\n</think>\n\n{% endif %}")
+
+
+def test_chat_template_arguments_reach_a_template_that_thinks(tmp_path, capsys):
+    """--chat-template-args passes its JSON object to the chat template: a Qwen3-like template that thinks by
+    default gets its empty think block (thinking off) in every prompt; arguments for a tokenizer without a template,
+    or that are not JSON, are one line and exit code 2, never lost without a word."""
+    tokenizer, model = chat_tokenizer_and_model()
+    tokenizer.chat_template = QWEN3_LIKE_TEMPLATE
+    model.save_pretrained(tmp_path / "model")
+    tokenizer.save_pretrained(tmp_path / "model")
+    rows = [{"question": f"{a}+{b}=", "answer": str(a + b)} for a in range(3) for b in range(3)]
+    (tmp_path / "train.jsonl").write_text("".join(E.json.dumps(r) + "\n" for r in rows))
+    argv = ["--model", str(tmp_path / "model"), "--dataset", str(tmp_path / "train.jsonl"), "--instruction", ""]
+    thinking, not_thinking = (E.load_data(E.Config(**E.parse_args(argv + extra)), tokenizer)["prompt"]
+                              for extra in ([], ["--chat-template-args", '{"enable_thinking": false}']))
+    assert all(p.endswith("assistant\n") for p in thinking)
+    assert all(p.endswith("assistant\n<think>\n\n</think>\n\n") for p in not_thinking)
+    capsys.readouterr()
+    for extra in (["--chat-template-args", '{"enable_thinking": false}'], ["--chat-template-args", "{bad"]):
+        with pytest.raises(SystemExit) as exit_info:
+            E.main(tiny_argv(tmp_path / "tiny", *extra))
+        err = capsys.readouterr().err.strip()
+        assert exit_info.value.code == 2 and len(err.splitlines()) == 1, err
+        assert ("has no chat template" if "false" in extra[1] else "Expecting property name") in err
