@@ -279,6 +279,14 @@ MUTATIONS = [
      'if cfg.algo == "cegppo" else {}', 'if False else {}', "tools/conformance.py"),
     ("conformance: the ERC band's exact edges not placed", "rho_kinds = [1.0, 0.99, cfg.erc_low, cfg.erc_high,",
      "rho_kinds = [1.0, 0.99, cfg.erc_low + 1e-3, cfg.erc_high - 1e-3,", "tools/conformance.py"),
+    ("setup: fp32 matmuls left to TF32", 'torch.set_float32_matmul_precision("highest")  # fp32 matmuls stay',
+     'torch.set_float32_matmul_precision("high")  # fp32 matmuls stay'),
+    ("--bf16 on by default where the card only emulates it", "is_bf16_supported(including_emulation=False)",
+     "is_bf16_supported(including_emulation=True)"),
+    ("gpu_check: the 24 GB command for cards from 30 GiB", '(20, ["--micro-batch-size", "4"])',
+     '(30, ["--micro-batch-size", "4"])', "tools/gpu_check.py"),
+    ("--chat-template-args for a tokenizer without a template ignored", "        if json.loads(template_args):",
+     "        if False:"),
 ]
 
 

@@ -631,3 +631,25 @@ def test_chat_template_arguments_reach_a_template_that_thinks(tmp_path, capsys):
         err = capsys.readouterr().err.strip()
         assert exit_info.value.code == 2 and len(err.splitlines()) == 1, err
         assert ("has no chat template" if "false" in extra[1] else "Expecting property name") in err
+
+
+def test_a_run_keeps_fp32_matmuls_at_full_precision(tmp_path):
+    """Whatever the process set before (TF32, "high"), setup puts fp32 matmuls back to "highest": RoPE's angles and
+    the fp32 output layer must not be rounded to TF32 (formulas §6.8)."""
+    previous = torch.get_float32_matmul_precision()
+    try:
+        torch.set_float32_matmul_precision("high")
+        E.setup(E.Config(preset="tiny", out=str(tmp_path)))
+        assert torch.get_float32_matmul_precision() == "highest"
+    finally:
+        torch.set_float32_matmul_precision(previous)
+
+
+@pytest.mark.parametrize("cuda,native,expected", [(False, False, False), (True, False, False), (True, True, True)])
+def test_bf16_is_on_by_default_only_where_the_card_has_it_natively(monkeypatch, cuda, native, expected):
+    """--bf16 defaults to on only with CUDA and native bf16; a card that only emulates it (T4, V100) stays in fp32,
+    and a given --bf16 / --no-bf16 wins (torch.cuda stood in for)."""
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: cuda)
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda including_emulation=True: native or including_emulation)
+    assert E.Config(preset="tiny").bf16 is expected
+    assert E.Config(preset="tiny", bf16=not expected).bf16 is (not expected)

@@ -565,3 +565,19 @@ def test_every_script_finds_its_imports_from_its_own_folder():
             sys.path[:] = path
             for name in set(sys.modules) - modules:
                 del sys.modules[name]
+
+
+@pytest.mark.parametrize("card_gib,card", [(79.2, "80 GB"), (44.4, "48 GB"), (23.6, "24 GB"), (15.7, "16 GB")])
+def test_gpu_check_picks_the_readmes_command_for_each_card_size(card_gib, card):
+    """tools/gpu_check.py's command for a card of this memory (as CUDA reports it, in GiB) is the README's for
+    that card size, flag for flag, read from the README's GPU block."""
+    block = (ROOT / "README.md").read_text().split("## On one CUDA GPU", 1)[1].split("```bash", 3)[2].split("```")[0]
+    commands = {}
+    for line in block.replace("\\\n", " ").splitlines():
+        command, _, comment = line.partition("#")
+        flags = [f for f in command.split()[2:] if f]  # after `python erc_minimal.py`
+        flags = [f for i, f in enumerate(flags) if f != "--out" and (i == 0 or flags[i - 1] != "--out")]
+        for size in (s.strip() for s in comment.split(":")[0].replace(" or ", ",").replace(" GB", "").split(",")):
+            commands[f"{size} GB"] = flags
+    assert set(commands) >= {"80 GB", "48 GB", "24 GB", "16 GB"}, commands
+    assert load_tool("gpu_check").readme_command(card_gib)[0] == commands[card]
