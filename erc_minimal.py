@@ -610,7 +610,7 @@ def evaluate(model, tokenizer, data, cfg):
 
 def fail(message):
     """Bad input or an unusable file: one line on stderr (the message's first), exit code 2, no traceback."""
-    print(f"erc_minimal: error: {str(message).splitlines()[0]}", file=sys.stderr)
+    print(f"erc_minimal: error: {(str(message).splitlines() or [''])[0]}", file=sys.stderr)
     sys.exit(2)
 
 def checkpoints(out):
