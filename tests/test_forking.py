@@ -10,6 +10,22 @@ from helpers import ROOT, comparable, load_script, load_tool, patched_script
 from test_erc_minimal import rolled_out_batch, spy_on_generate, tiny_argv
 
 
+def update_logging(monkeypatch, extra, num_minibatches):
+    """(stats, batch, mini-batch plan) of E.train_on_batch on a tiny rolled-out batch of 16 responses in
+    micro-batches of 3, with policy_loss also logging extra(loss_tok, advantages)'s entries, as a fork's would."""
+    policy_loss = E.policy_loss
+
+    def with_extra(logp, old_logp, advantages, response_mask, cfg, *entropies):
+        loss_tok, logged = policy_loss(logp, old_logp, advantages, response_mask, cfg, *entropies)
+        return loss_tok, {**logged, **extra(loss_tok, advantages)}
+    monkeypatch.setattr(E, "policy_loss", with_extra)
+    cfg = E.Config(preset="tiny", prompts_per_step=4, group_size=4, max_new_tokens=4,
+                   num_minibatches=num_minibatches, micro_batch_size=3)
+    model, optimizer, batch, minibatches = rolled_out_batch(cfg)
+    batch["old_logp"], batch["old_entropy"] = E.score_old_policy(model, batch, minibatches, cfg)
+    return E.train_on_batch(model, optimizer, batch, minibatches, cfg), batch, minibatches
+
+
 # ------------------------------------------------------------------ a core that forks without traps
 def test_registered_reward_needs_no_package_and_a_step_cannot_shift_later_rollouts(tmp_path, monkeypatch):
     """A reward registered in E.REWARDS runs through setup and train with no package check. Every step seeds its
@@ -44,17 +60,8 @@ def test_a_scalar_stat_from_policy_loss_reaches_the_record_weighted_by_tokens(mo
     """A forker's policy_loss may return a 0-d tensor beside its masks (an adaptive band's width): it reaches the
     step's stats under its own name, as the token-weighted mean over micro-batches, so a constant stays itself
     with --micro-batch-size; a mask is logged as a fraction."""
-    policy_loss = E.policy_loss
-
-    def with_scalar(*args, **kwargs):
-        loss_tok, logged = policy_loss(*args, **kwargs)
-        return loss_tok, {**logged, "band_width": torch.tensor(0.1), "everything_frac": torch.ones_like(loss_tok) > 0}
-    monkeypatch.setattr(E, "policy_loss", with_scalar)
-    cfg = E.Config(preset="tiny", prompts_per_step=4, group_size=4, max_new_tokens=4, num_minibatches=2,
-                   micro_batch_size=3)
-    model, optimizer, batch, minibatches = rolled_out_batch(cfg)
-    batch["old_logp"], batch["old_entropy"] = E.score_old_policy(model, batch, minibatches, cfg)
-    stats = E.train_on_batch(model, optimizer, batch, minibatches, cfg)
+    stats, _, minibatches = update_logging(monkeypatch, lambda loss_tok, advantages: {
+        "band_width": torch.tensor(0.1), "everything_frac": torch.ones_like(loss_tok) > 0}, num_minibatches=2)
     assert len(minibatches[0]) > 1 and stats["band_width"] == pytest.approx(0.1) and stats["everything_frac"] == 1.0
 
 
@@ -63,19 +70,12 @@ def test_a_per_response_share_is_counted_over_the_minibatchs_responses(monkeypat
     """A [b] mask from policy_loss (one value per response) is logged as the share of the mini-batch's responses it
     marks, also under --micro-batch-size (micro-batches of 3 and 1 of a mini-batch of 4 add up); a float [b, T]
     entry is a token mean, not a share; every mask, per token or per response, gets its *_after_first."""
-    policy_loss = E.policy_loss
     seen = []
 
-    def with_response_stats(logp, old_logp, advantages, response_mask, cfg, *entropies):
-        loss_tok, logged = policy_loss(logp, old_logp, advantages, response_mask, cfg, *entropies)
+    def response_stats(loss_tok, advantages):
         seen.append(advantages.clone())
-        return loss_tok, {**logged, "positive_frac": advantages > 0, "half": torch.full_like(loss_tok, 0.5)}
-    monkeypatch.setattr(E, "policy_loss", with_response_stats)
-    cfg = E.Config(preset="tiny", prompts_per_step=4, group_size=4, max_new_tokens=4, num_minibatches=4,
-                   micro_batch_size=3)
-    model, optimizer, batch, minibatches = rolled_out_batch(cfg)
-    batch["old_logp"], batch["old_entropy"] = E.score_old_policy(model, batch, minibatches, cfg)
-    stats = E.train_on_batch(model, optimizer, batch, minibatches, cfg)
+        return {"positive_frac": advantages > 0, "half": torch.full_like(loss_tok, 0.5)}
+    stats, batch, minibatches = update_logging(monkeypatch, response_stats, num_minibatches=4)
     per_minibatch = [(batch["advantages"][torch.cat(micros)] > 0).float().mean().item() for micros in minibatches]
     assert [len(micros) for micros in minibatches] == [2] * 4 and len(seen) == 8  # 3 + 1 responses each
     assert stats["positive_frac"] == pytest.approx(sum(per_minibatch) / 4)
