@@ -267,6 +267,13 @@ def test_gpu_check_runs_real_steps_and_reports_every_phase(capsys):
     assert all(r["first_mb_max_ratio_err"] == 0 and r["first_mb_erc_clip_frac"] == 0 for r in results)
     assert all(r["ms_per_decode_step"] == pytest.approx(1000 * r["rollout_s"] / r["decode_steps"]) for r in results)
     assert max(r["decode_steps"] for r in results) == 16 and verdict.startswith(("fits:", "no CUDA device"))
+    assert all(r["ragged"] and r["floor_ms"] > 0 for r in results) and "decoding floor:" in out  # left padding
+    with torch.device("meta"):  # the floor's weights: the model's matrices (biases and norms are 0.01% more)
+        model = E.transformers.Qwen2ForCausalLM(E.transformers.Qwen2Config(**check.QWEN25_05B))
+    weights = check.decode_floor_bytes(check.QWEN25_05B, 0, 0)  # no rows: no KV cache, no logits
+    assert weights / 2 == pytest.approx(sum(p.numel() for p in model.parameters()), rel=2e-4)
+    kv = check.decode_floor_bytes(check.QWEN25_05B, 128, 600) - check.decode_floor_bytes(check.QWEN25_05B, 128, 0)
+    assert kv == 2 * 24 * 2 * 128 * 128 * 600  # bf16 K and V, 24 layers, 2 heads of 64, 128 rows, 600 tokens
     assert out.strip().splitlines()[-1] == verdict
     with pytest.raises(SystemExit):
         check.main(["--help"])

@@ -1,5 +1,6 @@
 """Will it fit on my card, and how fast? A few real training steps of erc_minimal.py at the default preset's exact
-shapes (Qwen2.5-0.5B-Instruct's configuration, random weights, GSM8K-length prompts of 200 tokens), with no download.
+shapes (Qwen2.5-0.5B-Instruct's configuration, random weights, ragged prompts of 100 to 250 tokens as GSM8K's are
+in the chat template, so left padding and its mask are built), with no download.
 
     python tools/gpu_check.py                              # the README's command for the card found, 3 steps
     python tools/gpu_check.py --micro-batch-size 8         # erc_minimal.py flags, after (and over) those
@@ -13,7 +14,9 @@ each phase (the rollout, also per decoding step; the old-policy scoring; the upd
 phase (on a GPU, allocated by torch; on a CPU, the process's peak so far), the noise floor (first_mb_*: max |r - 1|
 and ERC's clip share before any update; not ~0 means ERC clips numerics) and whether every loss and gradient was
 finite; then one line: does the command fit this card, with what headroom. The first step includes warm-up
-(allocator, kernels): read the last.
+(allocator, kernels): read the last. Beside the decoding step's time stands its floor: the bytes one step must move
+(the bf16 weights, the KV cache at the mean context, the logits) at the bandwidth a plain copy reaches on the same
+device, and the measured time as a multiple of it.
 """
 import argparse
 import os
@@ -39,7 +42,8 @@ README_COMMANDS = [(40, []), (20, ["--micro-batch-size", "4"]), (0, ["--micro-ba
 
 def build(shape, device, prompt_tokens, n_prompts, seed=0):
     """A random Qwen2 model of `shape`, a character tokenizer padded with filler tokens to its vocabulary (id 0 is
-    EOS and padding), and n_prompts prompts of prompt_tokens digits and signs."""
+    EOS and padding), and n_prompts prompts of digits and signs: prompt_tokens each, or, for a (shortest, longest)
+    pair, lengths spread evenly between them (ragged, as real prompts are: left padding and its mask)."""
     from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers
     vocab = ["<|endoftext|>", *E.TINY_CHARS] + [f"<filler{i}>" for i in range(shape["vocab_size"] - 13)]
     tok = Tokenizer(models.WordLevel({t: i for i, t in enumerate(vocab)}, unk_token="<|endoftext|>"))
@@ -50,8 +54,9 @@ def build(shape, device, prompt_tokens, n_prompts, seed=0):
     config = E.transformers.Qwen2Config(**shape, bos_token_id=0, eos_token_id=0, pad_token_id=0)
     model = E.transformers.Qwen2ForCausalLM(config).to(device)
     g = torch.Generator().manual_seed(seed)
-    prompts = ["".join(E.TINY_CHARS[i] for i in torch.randint(0, 12, (prompt_tokens,), generator=g).tolist())
-               for _ in range(n_prompts)]
+    lengths = [prompt_tokens] * n_prompts if isinstance(prompt_tokens, int) else \
+        torch.linspace(*prompt_tokens, n_prompts).round().int().tolist()
+    prompts = ["".join(E.TINY_CHARS[i] for i in torch.randint(0, 12, (n,), generator=g).tolist()) for n in lengths]
     return model, tokenizer, prompts
 
 
@@ -75,6 +80,7 @@ class Phases:
             self.now[name] = (previous[0] + seconds, max(previous[1], self.peak()), previous[2] + 1)
             if name == "rollout":
                 self.now["decode_steps"] = result[2].shape[1]  # response_mask [B, T]: T tokens decoded
+                self.now["attention"] = result[1]  # [B, P+T]: zeros where a prompt was left-padded
             return result
         return timed
 
@@ -82,6 +88,33 @@ class Phases:
         if self.device.type == "cuda":
             return torch.cuda.max_memory_allocated()
         return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux: KiB
+
+
+def bandwidth(device, gib=1.0):
+    """The memory bandwidth this device reaches on a plain copy, in bytes per second (reads plus writes)."""
+    x = torch.empty(int(gib * GiB) // 4, dtype=torch.float32, device=device)
+    y = torch.empty_like(x)
+    best = float("inf")
+    for _ in range(5):
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        start = time.perf_counter()
+        y.copy_(x)
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        best = min(best, time.perf_counter() - start)
+    return 2 * x.numel() * 4 / best
+
+
+def decode_floor_bytes(shape, rows, context):
+    """Bytes one decoding step must move at least: the bf16 weights once, the bf16 KV cache of `rows` rows of
+    `context` tokens, and the logits (bf16 out of the model, fp32 for sampling)."""
+    h, f, v, n = shape["hidden_size"], shape["intermediate_size"], shape["vocab_size"], shape["num_hidden_layers"]
+    kv_dim = h // shape["num_attention_heads"] * shape["num_key_value_heads"]
+    layer = 2 * h * h + 2 * h * kv_dim + 3 * h * f  # q and o, k and v, the MLP's three matrices
+    params = v * h + n * layer  # the tied embedding and the layers: 494M at Qwen2.5-0.5B's shapes
+    kv_cache = 2 * n * 2 * kv_dim * rows * context  # bf16 K and V of every layer
+    return 2 * params + kv_cache + rows * v * (2 + 4)
 
 
 def readme_command(card_gib):
@@ -96,7 +129,8 @@ def run(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--steps", type=int, default=3, help="training steps to run (default 3)")
     parser.add_argument("--small", action="store_true", help="a 2-layer model, 4 x 4 responses of 16 tokens")
-    parser.add_argument("--prompt-tokens", type=int, default=200, help="tokens per prompt (default 200, GSM8K's)")
+    parser.add_argument("--prompt-tokens", type=int, help="tokens in every prompt (default: ragged, 100 to 250 "
+                        "tokens as GSM8K's prompts in the chat template; --small: 12 to 28)")
     own, rest = parser.parse_known_args(argv)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     card_gib = torch.cuda.get_device_properties(0).total_memory / GiB if device.type == "cuda" else None
@@ -111,8 +145,10 @@ def run(argv=None):
     torch.set_float32_matmul_precision("highest")  # as erc_minimal's setup does
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
-    model, tokenizer, prompts = build(SMALL if own.small else QWEN25_05B, device,
-                                      20 if own.small else own.prompt_tokens, cfg.prompts_per_step)
+    shape = SMALL if own.small else QWEN25_05B
+    lengths = own.prompt_tokens or ((12, 28) if own.small else (100, 250))
+    model, tokenizer, prompts = build(shape, device, lengths, cfg.prompts_per_step)
+    bytes_per_second = bandwidth(device, 0.125 if own.small else 1.0)
     if cfg.gradient_checkpointing:
         getattr(model, "activation_checkpointing_enable", model.gradient_checkpointing_enable)()
     optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay, fused=True)
@@ -129,9 +165,16 @@ def run(argv=None):
           f"random weights; bf16 {cfg.bf16}")
     print("flags: " + " ".join(flags) + f"  (the README's command for a card of {least} GiB or more: "
           f"{' '.join(chosen)})")
-    print(f"{cfg.prompts_per_step} prompts x {cfg.group_size} responses of up to {cfg.max_new_tokens} tokens, "
-          f"{cfg.num_minibatches} mini-batches, micro-batches of {cfg.micro_batch_size or 'a whole mini-batch'}")
-    header = ("step", "rollout s", "ms/decode", "scoring s", "update s", "peak GiB: rollout", "scoring", "update",
+    print(f"{cfg.prompts_per_step} prompts of {lengths if isinstance(lengths, int) else '%d to %d' % lengths} "
+          f"tokens x {cfg.group_size} responses of up to {cfg.max_new_tokens} tokens, {cfg.num_minibatches} "
+          f"mini-batches, micro-batches of {cfg.micro_batch_size or 'a whole mini-batch'}")
+    rows_total = cfg.prompts_per_step * cfg.group_size
+    longest = lengths if isinstance(lengths, int) else lengths[1]
+    floor_bytes = decode_floor_bytes(shape, rows_total, longest + cfg.max_new_tokens // 2)  # the mean context
+    floor_ms = 1000 * floor_bytes / bytes_per_second
+    print(f"decoding floor: {floor_ms:.2f} ms a step ({floor_bytes / 1e9:.2f} GB: bf16 weights, the KV cache at the "
+          f"mean context, the logits; at the {bytes_per_second / 1e9:.0f} GB/s a plain copy reaches on this device)")
+    header = ("step", "rollout s", "ms/decode", "x floor", "scoring s", "update s", "peak GiB: rollout", "scoring", "update",
               "max|r-1|", "ERC first", "finite")
     print(" | ".join(header))
     results = []
@@ -144,7 +187,9 @@ def run(argv=None):
                 p.grad is None or torch.isfinite(p.grad).all() for p in model.parameters())
             result = dict(step=step, rollout_s=phases.now["rollout"][0],
                           ms_per_decode_step=1000 * phases.now["rollout"][0] / phases.now["decode_steps"],
-                          decode_steps=phases.now["decode_steps"], scoring_s=phases.now["scoring"][0],
+                          decode_steps=phases.now["decode_steps"], floor_ms=floor_ms,
+                          ragged=bool((phases.now.get("attention") == 0).any()) if "attention" in phases.now else None,
+                          scoring_s=phases.now["scoring"][0],
                           update_s=phases.now["update"][0],
                           peak=max(phases.now[k][1] for k in ("rollout", "scoring", "update")),
                           peaks={k: phases.now[k][1] for k in ("rollout", "scoring", "update")},
@@ -153,6 +198,7 @@ def run(argv=None):
             results.append(result)
             erc = "-" if result["first_mb_erc_clip_frac"] is None else f"{result['first_mb_erc_clip_frac']:.4f}"
             print(" | ".join([str(step), f"{result['rollout_s']:.2f}", f"{result['ms_per_decode_step']:.1f}",
+                              f"{result['ms_per_decode_step'] / floor_ms:.1f}",
                               f"{result['scoring_s']:.2f}", f"{result['update_s']:.2f}",
                               *(f"{result['peaks'][k] / GiB:.2f}" for k in ("rollout", "scoring", "update")),
                               f"{result['first_mb_max_ratio_err']:.2e}", erc, "yes" if finite else "NO"]),
