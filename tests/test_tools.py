@@ -81,8 +81,9 @@ def test_plot_script_draws_the_metrics_and_names_what_it_leaves_out(tmp_path, ca
     assert (tmp_path / "metrics.png").stat().st_size > 10_000
     left_out = capsys.readouterr().out.strip().split(": ", 1)[1].split(", ")
     assert "grad_norm" in left_out and "response_len" in left_out and "reward" not in left_out
-    plot.plot_metrics(str(tmp_path), ["grad_norm"])
-    assert "grad_norm" not in capsys.readouterr().out.strip().split(": ", 1)[1].split(", ")
+    plot.plot_metrics(str(tmp_path), ["grad_norm", "grad_nrom"])
+    first, second = capsys.readouterr().out.strip().splitlines()
+    assert "grad_norm" not in first.split(": ", 1)[1].split(", ") and second.endswith("metrics.jsonl: grad_nrom")
 
 
 # The Hydra keys the authors' fork passes in its released recipes, read with the search tool from Kwai-Klear/ERC at
@@ -433,6 +434,7 @@ def test_to_verl_names_what_it_cannot_carry_and_a_band_that_clips_nothing(tmp_pa
     tool = load_tool("to_verl")
     out = tmp_path / "run"
     E.main(tiny_argv(out, "--algo", "gppo", "--steps", "1"))
+    assert "does not know" not in tool.main([str(out)])  # every stock setting is carried or named
     config = json.loads((out / "config.json").read_text())
     (out / "config.json").write_text(json.dumps({**config, "erc_adapt": 0.1}))
     text = tool.main([str(out)])

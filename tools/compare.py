@@ -38,11 +38,10 @@ def run_summary(rows):
     summary = {"entropy_start": entropy[0], "entropy_end": entropy[-1]} if entropy else {}
     if len(entropy) > 2:
         summary["entropy_change_sd"] = statistics.stdev(b - a for a, b in zip(entropy, entropy[1:]))
-    evaluations = [r for r in rows if any(k.startswith("eval_") for k in r)]
     for key in dict.fromkeys(k for r in rows for k, v in r.items() if is_number(v) and k != "step"):
-        values = [r[key] for r in rows if key in r]
+        values = [r[key] for r in rows if key in r]  # the steps that logged it, in order
         if key.startswith("eval_"):
-            summary[key] = [r[key] for r in evaluations if key in r][-1]
+            summary[key] = values[-1]  # the last evaluation
         else:
             summary[key] = max(values) if key == "grad_norm_max" else statistics.mean(values)
     return summary

@@ -33,6 +33,9 @@ def plot_metrics(out, fields=()):
                 if k not in drawn]
     if left_out:
         print(f"not drawn (name them after OUT to draw them): {', '.join(left_out)}")
+    unknown = [f for f in fields if not any(f in r for r in rows)]
+    if unknown:  # a misspelt field would otherwise draw an empty panel
+        print(f"not in {out}/metrics.jsonl: {', '.join(unknown)}")
     fig, axes = plt.subplots(1, len(panels), figsize=(4.4 * len(panels), 3.4))
     for ax, (title, keys) in zip(axes, panels):
         for key in keys:

@@ -21,7 +21,7 @@ import erc_minimal as E  # noqa: E402
 KNOWN = set("""max_new_tokens prompts_per_step oversample dynamic_sampling group_size eps_low eps_high clip_c sft_coef
 algo erc erc_low erc_high gradient_checkpointing lr warmup_steps weight_decay num_minibatches max_grad_norm temperature
 eval_temperature eval_top_p eval_samples eval_every save_every beta1 beta2 steps seed micro_batch_size logprob_chunk
-threads reward instruction eval_prompts model dataset eval_dataset prompt_field answer_field preset bf16 out resume
+threads reward instruction chat_template_args eval_prompts model dataset eval_dataset prompt_field answer_field preset bf16 out resume
 overwrite log_every save_total_limit""".split())
 
 # erc_minimal's (--algo, --erc) -> the fork's actor.policy_loss.loss_mode
@@ -85,8 +85,8 @@ def overrides(cfg, unknown=()):
         f"--steps {cfg.steps}: the recipes set trainer.total_epochs=10 instead, an epoch being a pass over the data",
         f"--seed {cfg.seed}, --micro-batch-size, --logprob-chunk, --threads: no counterpart (the fork packs "
         "micro-batches by tokens, use_dynamic_bsz, and computes full-vocabulary logits per micro-batch)",
-        f"--reward {cfg.reward}, --instruction: the fork's reward manager (dapo: math_verify, +1 / -1) and the "
-        "prompts as written in the data files",
+        f"--reward {cfg.reward}, --instruction, --chat-template-args: the fork's reward manager (dapo: math_verify, "
+        "+1 / -1) and the prompts as written in the data files",
         f"--eval-prompts {cfg.eval_prompts}: the fork validates on the whole val file",
         f"--model, --dataset, --eval-dataset, --prompt-field {cfg.prompt_field}, --answer-field {cfg.answer_field}: "
         "placeholders above; write the data files with a `prompt` column (the question in the chat format) and the "
