@@ -8,8 +8,7 @@ whole), policy_loss (every variant, then ERC), objective, logp_and_entropy, grou
 the paper section a line implements; "formulas §n": docs/equations.md; a fork starts at docs/forking.md.
 Left out on purpose: a KL penalty (no released ERC recipe has one; patches/kl.patch adds it), a value model
 (GRPO's group baseline replaces it), vLLM (`generate` samples from exactly the policy being trained), several
-devices, trackers (each step is a line of OUT/metrics.jsonl). tools/, labs/, bench/ use this file's functions.
-"""
+devices, trackers (each step is a line of OUT/metrics.jsonl). tools/, labs/, bench/ reuse its functions."""
 import argparse
 import copy
 import dataclasses
@@ -22,9 +21,9 @@ import shutil
 import signal
 import sys
 import time
+import traceback
 from fractions import Fraction
 from pathlib import Path
-from statistics import mean
 
 import datasets
 import torch
@@ -40,8 +39,7 @@ PRESETS = {  # the default run: Qwen2.5-0.5B-Instruct on GSM8K with the released
     "tiny": dict(model="tiny", dataset="tiny", steps=300, prompts_per_step=32, group_size=8,
                  num_minibatches=4, max_new_tokens=2, lr=3e-4, warmup_steps=0, eval_prompts=64, threads=1),
 }
-# Each loss's settings in its paper or released recipe (formulas §5), for the flags the user leaves unset.
-ALGO_DEFAULTS = {
+ALGO_DEFAULTS = {  # each loss's settings in its paper or released recipe (formulas §5), for flags left unset
     "grpo":   dict(eps_low=0.2, eps_high=0.2, clip_c=10.0),
     "dapo":   dict(eps_low=0.2, eps_high=0.28, clip_c=10.0, dynamic_sampling=True),
     "gppo":   dict(eps_low=0.2, eps_high=0.2, clip_c=10.0, beta1=1.0, beta2=1.0),
@@ -85,6 +83,7 @@ class Config:  # each field is a flag (eps_low: --eps-low) and its comment the f
     bf16: bool = None  # bf16 autocast and a bf16 sampler (default: on where CUDA has native bf16)
     logprob_chunk: int = 512  # response tokens per chunk of the output layer (bounds logits memory)
     gradient_checkpointing: bool = False  # recompute activations in backward (less memory, slower)
+    static_cache: bool = None  # generate with a static KV cache, compiled on a GPU (default: on with CUDA)
     threads: int = None  # CPU threads for torch (default: torch's own; 1 for --preset tiny)
     # --- optimiser (the released recipes: AdamW, lr 1e-6, 10 warm-up steps, weight decay 0.1, clip 1.0)
     lr: float = None  # learning rate (per --preset)
@@ -106,23 +105,24 @@ class Config:  # each field is a flag (eps_low: --eps-low) and its comment the f
     resume: bool = False  # continue the run in --out from its newest checkpoint (given flags override)
     overwrite: bool = False  # start over in --out even if it holds another run
     given: dataclasses.InitVar[dict] = ()  # the flags typed: one that cannot act is an error
-    def __post_init__(self, given):
-        for name, table in (("preset", PRESETS), ("algo", ALGO_DEFAULTS)):
-            if getattr(self, name) not in table:
-                raise ValueError(f"unknown --{name} {getattr(self, name)!r}; choose from {', '.join(table)}")
-        for name, value in {**ALGO_DEFAULTS[self.algo], **PRESETS[self.preset]}.items():
+    def __post_init__(self, given):  # --preset and --algo are checked by parse_args's choices
+        cuda = torch.cuda.is_available()  # bf16 by default only where it is native, not emulated (T4, V100)
+        by_device = dict(static_cache=cuda,
+                         bf16=cuda and torch.cuda.is_bf16_supported(including_emulation=False))
+        for name, value in {**ALGO_DEFAULTS[self.algo], **PRESETS[self.preset], **by_device}.items():
             if getattr(self, name) is None:
                 setattr(self, name, value)
-        if self.bf16 is None:  # not on cards that only emulate bf16 (T4, V100)
-            self.bf16 = torch.cuda.is_available() and torch.cuda.is_bf16_supported(including_emulation=False)
         check_config(self, given)  # below the fence: a bad value is one clear line
 
 # ================================================================== rollout
-def rollout(model, tokenizer, prompts, num_samples, temperature, max_new_tokens, top_p=1.0):
+def rollout(model, tokenizer, prompts, num_samples, temperature, max_new_tokens, static_cache=False,
+            top_p=1.0):
     """num_samples responses per prompt from softmax(logits / T), T = 0: greedy; top_p < 1 only to evaluate.
     Returns input_ids, attention_mask [B, P+T], response_mask [B, T]; B = prompts x num_samples."""
     model.eval()
-    enc = tokenizer(prompts, return_tensors="pt", padding=True, add_special_tokens=False).to(model.device)
+    # a static cache is compiled per shape: prompts padded to a multiple of 64 bound the shapes (docs/gpu.md)
+    enc = tokenizer(prompts, return_tensors="pt", padding=True, add_special_tokens=False,
+                    pad_to_multiple_of=64 if static_cache else None).to(model.device)
     # formulas §6.1: every sampling parameter explicit, so the model's generation_config cannot leak in
     sampling = dict(do_sample=True, temperature=temperature, top_p=top_p, top_k=0) if temperature > 0 else \
         dict(do_sample=False)
@@ -130,14 +130,14 @@ def rollout(model, tokenizer, prompts, num_samples, temperature, max_new_tokens,
     eos = [tokenizer.eos_token_id, *(extra if isinstance(extra, list) else [extra])]  # repeats are harmless
     sequences = model.generate(**enc, **sampling, repetition_penalty=1.0, max_new_tokens=max_new_tokens,
                                num_return_sequences=num_samples, pad_token_id=tokenizer.pad_token_id,
-                               eos_token_id=eos)  # [B, P+T]
+                               eos_token_id=eos, cache_implementation="static" if static_cache else None)
     prompt_mask = enc.attention_mask.repeat_interleave(num_samples, 0)  # [B, P]
     response_mask = make_response_mask(sequences[:, enc.input_ids.shape[1]:], eos)  # [B, T]
     return sequences, torch.cat([prompt_mask, response_mask], 1), response_mask
 
 def make_response_mask(completion_ids, eos_ids):
     """1 up to and including the first EOS, 0 after (formulas §1); from positions: right when pad == EOS."""
-    is_eos = torch.isin(completion_ids, torch.tensor(eos_ids, device=completion_ids.device)).long()  # [B, T]
+    is_eos = torch.isin(completion_ids, completion_ids.new_tensor(eos_ids)).long()  # [B, T]
     eos_before = is_eos.cumsum(1) - is_eos  # [B, T]: EOS tokens strictly before t
     return (eos_before == 0).long()
 
@@ -170,9 +170,8 @@ def response_rewards(tokenizer, input_ids, response_mask, answers, num_samples, 
 
 # ================================================================== log-probs and entropies
 class TokenLogpAndEntropy(torch.autograd.Function):
-    """log p(target) and entropy H of p = softmax(hidden @ weight.T / T) over the whole vocabulary, `chunk`
-    tokens at a time, from fp32 logits whatever autocast says (formulas §6.7-6.8). Backward recomputes each
-    chunk and differentiates log p only (ERC compares H; patches/entropy_bonus.patch trains it)."""
+    """log p(target) and entropy H of softmax(hidden @ weight.T / T), `chunk` tokens at a time, from fp32
+    logits whatever autocast says (formulas §6.7-6.8); backward recomputes each chunk, for log p only."""
     @staticmethod
     def forward(ctx, hidden, weight, targets, temperature, chunk):  # [N, H], [V, H], [N]
         logps, entropies, lses = [], [], []
@@ -217,8 +216,7 @@ def response_hidden(model, input_ids, attention_mask, response_mask):
     return hidden[:, n_prompt - 1:-1][valid], input_ids[:, n_prompt:][valid]  # [N, H], [N]
 
 def logp_and_entropy(model, batch, cfg):
-    """Log-prob of each response token and the entropy at its position, [B, T] each, 0 off response_mask;
-    with --bf16 the model runs under bf16 autocast (fp32 master weights), the output layer in fp32."""
+    """log p of each response token and the entropy at its position, [B, T] each, 0 off response_mask."""
     mask = batch["response_mask"]  # [B, T]
     with torch.autocast(model.device.type, dtype=torch.bfloat16, enabled=cfg.bf16):
         hidden, targets = response_hidden(model, batch["input_ids"], batch["attention_mask"], mask)  # [N, H]
@@ -365,7 +363,7 @@ def train_step(cfg, model, sampler, optimizer, scheduler, tokenizer, rows):
     """One step on a batch of prompts (rows: prompt, answer) sampled by `sampler`: the step's metrics."""
     t0 = time.time()
     input_ids, attention_mask, response_mask = rollout(sampler, tokenizer, rows["prompt"], cfg.group_size,
-                                                       cfg.temperature, cfg.max_new_tokens)
+                                                       cfg.temperature, cfg.max_new_tokens, cfg.static_cache)
     rewards = response_rewards(tokenizer, input_ids, response_mask, rows["answer"], cfg.group_size,
                                cfg.reward)  # [B]
     batch = dict(input_ids=input_ids, attention_mask=attention_mask, response_mask=response_mask,
@@ -422,10 +420,10 @@ def train(cfg, model, tokenizer, data, eval_data=None, stop=()):
         if stop:
             print(f"interrupted after step {step}: saved {path}; continue with --out {cfg.out} --resume")
             return history
-    if history:  # the end-of-run line: mean reward of the first and the last 10 steps, the last evaluation
-        first, last = mean(r["reward"] for r in history[:10]), mean(r["reward"] for r in history[-10:])
-        evals = "".join(f"  {k} {v:.3f}" for k, v in history[-1].items() if k.startswith("eval_"))
-        print(f"done in {time.time() - t_start:.0f} s ({cfg.out}): reward {first:.3f} -> {last:.3f}{evals}")
+    if history:  # the end-of-run line: mean reward of the first and the last 10 steps
+        rewards = torch.tensor([r["reward"] for r in history])  # [steps]
+        print(f"done in {time.time() - t_start:.0f} s ({cfg.out}): reward {rewards[:10].mean():.3f} -> "
+              f"{rewards[-10:].mean():.3f}")
     return history
 
 # ======== Above: the method and its loop. Below, only these change a number: the answer check
@@ -435,7 +433,7 @@ def check_config(cfg, given):
     """Every bad value is a ValueError, which main prints as one line (exit code 2)."""
     positive = ("steps", "prompts_per_step", "num_minibatches", "micro_batch_size", "max_new_tokens",
                 "eps_low", "temperature", "logprob_chunk", "max_grad_norm", "eval_prompts", "eval_samples",
-                "log_every", "save_total_limit", "threads", "oversample")
+                "log_every", "save_total_limit", "oversample")
     for f in dataclasses.fields(cfg):  # every number >= 0; the sizes and a few more > 0
         value = getattr(cfg, f.name) if f.type in (int, float) else None
         if value is not None and (not value >= 0 or value == 0 and f.name in positive):
@@ -451,11 +449,12 @@ def check_config(cfg, given):
         (cfg.prompts_per_step * cfg.group_size % cfg.num_minibatches == 0, f"--num-minibatches "
          f"{cfg.num_minibatches} must divide the rollout batch {cfg.prompts_per_step} x {cfg.group_size}"),
         (not (cfg.resume and cfg.overwrite), "--resume and --overwrite exclude each other"),
+        (cfg.reward in REWARDS, f"unknown --reward {cfg.reward!r}; choose one of {', '.join(REWARDS)} "
+         "(math-verify needs: pip install math-verify)"),  # experiments register rewards before main runs
     ]
-    switches = [f.name for f in dataclasses.fields(cfg) if f.type is bool]
     for name in given:  # a flag where it cannot act: a switch's own (--erc-low) or another loss's number
-        checks += [(getattr(cfg, s), f"{flag(name)} acts only with {flag(s)}") for s in switches
-                   if name.startswith(s + "_")]
+        checks += [(getattr(cfg, f.name), f"{flag(name)} acts only with {flag(f.name)}")
+                   for f in dataclasses.fields(cfg) if f.type is bool and name.startswith(f.name + "_")]
         algos = [algo for algo, table in ALGO_DEFAULTS.items() if name in table]
         if algos and not isinstance(getattr(cfg, name), bool):  # dynamic sampling acts under any loss
             checks.append((cfg.algo in algos, f"{flag(name)} acts only with --algo {' or '.join(algos)}"))
@@ -475,7 +474,7 @@ def last_boxed(text):
         return None
     depth, i = 1, start + len("\\boxed{")
     for j in range(i, len(text)):
-        depth += {"{": 1, "}": -1}.get(text[j], 0)
+        depth += (text[j] == "{") - (text[j] == "}")
         if depth == 0:
             return text[i:j]
     return None
@@ -506,13 +505,13 @@ def to_number(answer):
 
 TINY_CHARS = "0123456789+="
 FILE_TYPES = (".json", ".jsonl", ".parquet", ".csv")  # local --dataset / --eval-dataset files
+CARD_FLAGS = {40: "", 20: "--micro-batch-size 4", 0: "--micro-batch-size 4 --gradient-checkpointing"}
 
 def make_tiny_tokenizer():
     """A character tokenizer built in code; pad == EOS, as in Qwen base models (formulas §1)."""
-    from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers
+    from tokenizers import Tokenizer, decoders, models
     vocab = {token: i for i, token in enumerate(["<|endoftext|>", *TINY_CHARS])}
-    tok = Tokenizer(models.WordLevel(vocab, unk_token="<|endoftext|>"))
-    tok.pre_tokenizer = pre_tokenizers.Split(Regex("."), "isolated")
+    tok = Tokenizer(models.BPE(vocab, [], unk_token="<|endoftext|>"))  # no merges: a token per character
     tok.decoder = decoders.Fuse()
     return PreTrainedTokenizerFast(tokenizer_object=tok, eos_token="<|endoftext|>", pad_token="<|endoftext|>")
 
@@ -520,7 +519,7 @@ def make_tiny_model(vocab_size):
     return transformers.Qwen2ForCausalLM(transformers.Qwen2Config(
         vocab_size=vocab_size, hidden_size=64, intermediate_size=256, num_hidden_layers=2,
         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64, tie_word_embeddings=True,
-        bos_token_id=0, eos_token_id=0, pad_token_id=0))
+        pad_token_id=0))
 
 def make_tiny_dataset(n, seed):
     """'a+b=' -> str(a + b), a, b in 0..4: a random policy is right about 1 time in 15, so RL can learn it."""
@@ -575,7 +574,7 @@ def load_data(cfg, tokenizer, split="train"):
     source = cfg.eval_dataset if split == "test" and cfg.eval_dataset else cfg.dataset
     data = read_dataset(source, split, cfg)
     if split != "train":
-        data = data.select(range(min(cfg.eval_prompts, len(data))))
+        data = data.take(cfg.eval_prompts)
     try:
         data = data.map(lambda row: {"prompt": format_prompt(row[cfg.prompt_field], tokenizer,
                                                              cfg.instruction, cfg.chat_template_args),
@@ -583,24 +582,20 @@ def load_data(cfg, tokenizer, split="train"):
                         remove_columns=data.column_names)
     except KeyError as e:  # --prompt-field or --answer-field names no column
         raise ValueError(f"dataset {source!r} has no field {e}; it has {data.column_names}") from None
-    prompts = list(data["prompt"])
-    decoded = tokenizer.batch_decode(tokenizer(prompts, add_special_tokens=False).input_ids)
-    for prompt, text in zip(prompts, decoded):  # a tokenizer that drops characters would train on other text
-        if text != prompt:
-            raise ValueError(f"the tokenizer of {cfg.model} changes the prompt {prompt!r} into {text!r}; use "
-                             f"a tokenizer that covers the data (the tiny one knows only {TINY_CHARS!r})")
+    for prompt in data["prompt"]:  # a tokenizer that drops characters would train on other text
+        if tokenizer.decode(tokenizer(prompt, add_special_tokens=False).input_ids) != prompt:
+            raise ValueError(f"the tokenizer of {cfg.model} cannot write the prompt {prompt!r} back; use a "
+                             f"tokenizer that covers the data (the tiny one knows only {TINY_CHARS!r})")
     return data
 
 def evaluate(model, tokenizer, data, cfg):
-    """Held-out greedy accuracy; over k samples, mean reward (avg@k) and share of prompts solved (pass@k).
-    At most a rollout's rows per generate call; its own seed, so a checkpoint's samples never vary."""
+    """Held-out greedy accuracy, avg@k (mean reward), pass@k (share solved), from the run's own seed."""
     torch.manual_seed(cfg.seed)
     def rewards_of(k, temperature):  # [prompts, k]
-        per_call, rewards = max(1, cfg.prompts_per_step * cfg.group_size // k), []
-        for start in range(0, len(data), per_call):
-            rows = data[start:start + per_call]
+        per_call, rewards = max(1, cfg.prompts_per_step * cfg.group_size // k), []  # a rollout's rows at most
+        for rows in data.iter(per_call):
             ids, _, response_mask = rollout(model, tokenizer, rows["prompt"], k, temperature,
-                                            cfg.max_new_tokens, cfg.eval_top_p)
+                                            cfg.max_new_tokens, cfg.static_cache, cfg.eval_top_p)
             rewards.append(response_rewards(tokenizer, ids, response_mask, rows["answer"], k, cfg.reward))
         return torch.cat(rewards).view(-1, k)
     k = cfg.eval_samples
@@ -647,8 +642,7 @@ def read_jsonl(path):
     return records
 
 def start_or_resume(cfg, optimizer, scheduler):
-    """(steps done, data order, metrics so far). --resume restores optimizer, scheduler and data order; each
-    step seeds its own random numbers, so on a CPU it goes on bit for bit. A new run removes checkpoints."""
+    """(steps done, data order, metrics so far): --resume restores them; a new run removes checkpoints."""
     os.makedirs(cfg.out, exist_ok=True)
     metrics = f"{cfg.out}/metrics.jsonl"
     start, order, history = 0, [], []
@@ -679,14 +673,11 @@ def log_step(cfg, record):
     if record["step"] % cfg.log_every == 0 or "eval_greedy" in record:  # named as in metrics.jsonl
         shown = [f"{k} {v:.3f}" for k, v in record.items()
                  if k in ("reward", "entropy", "clip_frac", "erc_clip_frac") or k.startswith("eval_")]
-        seconds = record["gen_time"] + record.get("train_time", 0)
-        print(f"step {record['step']:>4}  " + "  ".join(shown) + f"  {seconds:.2f} s/step", flush=True)
+        seconds = f"{record['gen_time'] + record.get('train_time', 0):.2f} s/step"
+        print(f"step {record['step']:>4}  " + "  ".join(shown) + f"  {seconds}", flush=True)
 
 def setup(cfg):
     """Model, tokenizer, train and eval data; every user-input problem surfaces here as a ValueError."""
-    if cfg.reward not in REWARDS:  # checked here, not in Config: experiments register rewards at run time
-        raise ValueError(f"unknown --reward {cfg.reward!r}; choose one of {', '.join(REWARDS)} (math-verify "
-                         "needs: pip install math-verify)")
     if cfg.threads:  # the tiny model gains nothing from intra-op threads, and loses much on a busy CPU
         torch.set_num_threads(cfg.threads)
     torch.set_float32_matmul_precision("highest")  # fp32 matmuls stay fp32, not TF32 (formulas §6.8)
@@ -698,8 +689,7 @@ def setup(cfg):
     if done >= cfg.steps:
         raise ValueError(f"--resume: {cfg.out!r} is at step {done} already; ask for more --steps")
     if Path(cfg.out, "metrics.jsonl").exists() and not (cfg.resume or cfg.overwrite):
-        raise ValueError(f"--out {cfg.out!r} holds another run's metrics; add --resume to continue it or "
-                         "--overwrite to start over")
+        raise ValueError(f"--out {cfg.out!r} holds another run: add --resume or --overwrite")
     model, tokenizer = load_model_and_tokenizer(last if cfg.resume else cfg.model,
                                                 "cuda" if torch.cuda.is_available() else "cpu")
     if cfg.gradient_checkpointing:  # transformers 5 renamed gradient_checkpointing_enable
@@ -717,6 +707,7 @@ def parse_args(argv, prog="erc_minimal.py", description=__doc__, fields=None):
             help = helps.get(f.name, "no help: write it as a comment after the field in Config")
             help += "" if f.default is None else f" (default: {f.default})"
             kind = dict(action=argparse.BooleanOptionalAction) if f.type is bool else dict(type=f.type)
+            kind["choices"] = dict(preset=PRESETS, algo=ALGO_DEFAULTS).get(f.name)  # a row of a table
             parser.add_argument(flag(f.name), help=help, **kind)
     def one_line_error(message):  # argparse's own errors too: main prints them as one line, exit 2
         raise ValueError(f"{message} (see --help)")
@@ -742,6 +733,15 @@ def main(argv=None):  # argv None: the command line
     previous = {sig: signal.signal(sig, request_stop) for sig in (signal.SIGINT, signal.SIGTERM)}
     try:
         return train(cfg, model, tokenizer, data, eval_data, stop)
+    except torch._dynamo.exc.BackendCompilerFailed as e:  # generate's compiled decoding (no C compiler?)
+        fail(f"torch.compile cannot run here ({e.inner_exception!r}); add --no-static-cache")
+    except torch.OutOfMemoryError as e:  # one line: the phase, the card, the README's flags by card GiB
+        phases = ("evaluate", "rollout", "score_old_policy", "train_on_batch")  # the outermost one names it
+        phase = next((f.name for f in traceback.extract_tb(e.__traceback__) if f.name in phases), "train")
+        gib = torch.cuda.mem_get_info()[1] / 2**30
+        flags = next(flags for least, flags in CARD_FLAGS.items() if gib >= least) or "no flag"
+        fail(f"CUDA out of memory in {phase} on this {gib:.0f} GiB card: the README's command for it adds "
+             f"{flags}; the checkpoints saved are intact")
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)

@@ -90,7 +90,7 @@ def test_config_defaults_follow_spec_table():
     assert (cfg.erc_low, cfg.erc_high, cfg.sft_coef) == (0.95, 1.05, 0.0)
 
 
-@pytest.mark.parametrize("kwargs", [dict(algo="ppo"), dict(eps_low=0.0), dict(eps_low=1.5), dict(eps_high=-0.1),
+@pytest.mark.parametrize("kwargs", [dict(eps_low=0.0), dict(eps_low=1.5), dict(eps_high=-0.1),
                                     dict(clip_c=1.0), dict(erc_low=1.1, erc_high=1.05), dict(erc_low=0.0),
                                     dict(beta1=-1.0), dict(group_size=1), dict(steps=0),
                                     dict(preset="tiny", num_minibatches=3), dict(erc=True, erc_low=1.01, erc_high=1.2),
@@ -98,6 +98,14 @@ def test_config_defaults_follow_spec_table():
 def test_config_rejects_bad_values(kwargs):
     with pytest.raises(ValueError):
         E.Config(**kwargs)
+
+
+def test_flags_that_pick_a_table_row_name_the_rows():
+    """--algo and --preset pick a row of ALGO_DEFAULTS / PRESETS: argparse's choices, so a fork's new row is one."""
+    for argv, rows in ((["--algo", "ppo"], E.ALGO_DEFAULTS), (["--preset", "big"], E.PRESETS)):
+        with pytest.raises(ValueError, match=f"invalid choice: '{argv[1]}'") as error:
+            E.parse_args(argv)
+        assert all(repr(row) in str(error.value) for row in rows)
 
 
 # ------------------------------------------------------------------ policy losses: formulas §3 table

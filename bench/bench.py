@@ -16,11 +16,9 @@ generation (+ reward), update = old log-probs + the mini-batch updates, step = t
 3 processes per side, alternately, and reports the median one.
 """
 import argparse
-import importlib.util
 import json
 import os
 import resource
-import shutil
 import subprocess
 import sys
 import tempfile
@@ -74,28 +72,16 @@ def peak_memory(device):
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux reports KiB
 
 
-def patched(name):
-    """erc_minimal with patches/NAME.patch applied, imported from a temporary copy."""
-    folder = tempfile.mkdtemp()
-    shutil.copy(os.path.join(ROOT, "erc_minimal.py"), folder)
-    subprocess.run(["git", "apply", os.path.join(ROOT, "patches", f"{name}.patch")], cwd=folder, check=True)
-    spec = importlib.util.spec_from_file_location(f"erc_minimal_{name}", os.path.join(folder, "erc_minimal.py"))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 def run_ours(config, length, erc, gradient_checkpointing, static_cache):
     model, tokenizer, data = build(config)
-    ours = patched("static_cache") if static_cache else E  # --static-cache is a worked patch of the script
     if gradient_checkpointing:
         model.gradient_checkpointing_enable()
     with tempfile.TemporaryDirectory() as out:
-        cfg = ours.Config(preset="tiny", algo="dapo", dynamic_sampling=False, erc=erc, lr=1e-6, out=out,
-                          **(dict(static_cache=True) if static_cache else {}),
+        cfg = E.Config(preset="tiny", algo="dapo", dynamic_sampling=False, erc=erc, lr=1e-6, out=out,
+                          static_cache=static_cache,
                           steps=config["warmup"] + config["measured"], prompts_per_step=config["prompts"],
                           group_size=config["group"], num_minibatches=MINIBATCHES, max_new_tokens=length)
-        history = ours.train(cfg, model, tokenizer, data)
+        history = E.train(cfg, model, tokenizer, data)
     rows = history[config["warmup"]:]
     rollout = sum(r["gen_time"] for r in rows) / len(rows)
     update = sum(r["train_time"] for r in rows) / len(rows)

@@ -1,8 +1,8 @@
 # The GPU readings of docs/gpu.md, in one command on a CUDA machine, from the repository root:
 #     bash bench/device_run.sh            # about 6 minutes on one H200; logs in $OUT (default gpu_readings/)
-# tools/gpu_check.py with each of the README's three commands, then with the static-cache patch applied
-# to a copy of the script (needs `patch`). Wheels in .whl/ are installed first where present (for a
-# machine without `datasets`).
+# tools/gpu_check.py with each of the README's three commands (the static KV cache, the CUDA default), then
+# the default command with --no-static-cache (the dynamic cache); every check also times both cache paths at
+# the same prompts. Wheels in .whl/ are installed first where present (for a machine without `datasets`).
 OUT=${OUT:-gpu_readings}; mkdir -p "$OUT"
 if ls .whl/*.whl >/dev/null 2>&1; then
   python3 -m pip install -q --no-index --no-deps --target /tmp/site .whl/*.whl || exit
@@ -16,7 +16,4 @@ check() { name=$1; shift; timeout 150 python3 "$@" 2>&1 | tee "$OUT/check_$name.
 check default tools/gpu_check.py --steps 3
 check mb4 tools/gpu_check.py --steps 3 --micro-batch-size 4
 check mb4_ckpt tools/gpu_check.py --steps 3 --micro-batch-size 4 --gradient-checkpointing
-S=/tmp/erc_static; rm -rf $S && mkdir -p $S/tools &&
-  cp erc_minimal.py $S/ && cp tools/gpu_check.py $S/tools/ &&
-  (cd $S && patch -p1 -s) < patches/static_cache.patch &&
-  check static $S/tools/gpu_check.py --steps 3 --static-cache
+check dynamic tools/gpu_check.py --steps 3 --no-static-cache

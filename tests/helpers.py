@@ -53,3 +53,17 @@ def patched_script(tmp_path, name):
                          text=True)
     assert run.returncode == 0, f"{name}.patch no longer applies: {run.stderr}"
     return load_script(str(folder / "erc_minimal.py"))
+
+
+def readme_gpu_commands():
+    """The README's GPU block as {card size: flags after `python erc_minimal.py`, --out left out}."""
+    block = (ROOT / "README.md").read_text().split("## On one CUDA GPU", 1)[1].split("```bash", 3)[2].split("```")[0]
+    commands = {}
+    for line in block.replace("\\\n", " ").splitlines():
+        command, _, comment = line.partition("#")
+        flags = [f for f in command.split()[2:] if f]
+        flags = [f for i, f in enumerate(flags) if f != "--out" and (i == 0 or flags[i - 1] != "--out")]
+        for size in (s.strip() for s in comment.split(":")[0].replace(" or ", ",").replace(" GB", "").split(",")):
+            commands[f"{size} GB"] = flags
+    assert set(commands) >= {"80 GB", "48 GB", "24 GB", "16 GB"}, commands
+    return commands

@@ -7,31 +7,7 @@ import torch
 
 import erc_minimal as E
 from helpers import load_tool, patched_script
-from test_erc_minimal import check_logp_and_entropy_backward, grid, logp_entropy, reference_token_loss, rolled_out_batch, rollout_tensors, table_weight, tiny_argv, tiny_model_and_tokenizer
-
-
-def test_static_cache_rollout_equals_dynamic(tmp_path):
-    """--static-cache (patches/static_cache.patch) pads prompts to a multiple of 64 and decodes with a
-    fixed-size KV cache: the same responses, masks and log-probs as the default dynamic cache (greedy, and sampled
-    from the same seed), and none of the extra padding reaches the scoring and update forwards."""
-    P = patched_script(tmp_path, "static_cache")
-    model, tok = tiny_model_and_tokenizer(seed=6)
-    prompts = ["1+2=", "13+4+2=", "3="]
-    for temperature, num_samples in ((0.0, 1), (1.0, 2)):  # greedy takes one sample per prompt
-        runs = []
-        for static in (False, True):
-            torch.manual_seed(2)
-            runs.append(P.rollout(model, tok, prompts, num_samples, temperature, max_new_tokens=6,
-                                  static_cache=static))
-        (ids, attention, response_mask), (s_ids, s_attention, s_response_mask) = runs
-        # the 64-token padding is dropped again: scoring and update forwards see the dynamic cache's tensors
-        assert ids.shape[1] == 7 + 6
-        for static_tensor, dynamic_tensor in zip(runs[1], runs[0]):
-            torch.testing.assert_close(static_tensor, dynamic_tensor, rtol=0, atol=0)
-        with torch.no_grad():
-            logp, _ = logp_entropy(model, ids, attention, response_mask, 1.0, 8)
-            s_logp, _ = logp_entropy(model, s_ids, s_attention, s_response_mask, 1.0, 8)
-        torch.testing.assert_close(s_logp, logp, atol=1e-5, rtol=0)
+from test_erc_minimal import check_logp_and_entropy_backward, grid, reference_token_loss, rolled_out_batch, rollout_tensors, table_weight, tiny_argv
 
 
 def test_ablation_one_sided_erc_band(tmp_path):

@@ -14,7 +14,7 @@ import pytest
 import torch
 
 import erc_minimal as E
-from helpers import ROOT, comparable, load_tool
+from helpers import ROOT, comparable, load_tool, readme_gpu_commands
 from test_erc_minimal import recording_reward, spy_on_generate, tiny_argv, tiny_model_and_tokenizer
 
 
@@ -54,7 +54,7 @@ def test_tiny_preset_learns_with_bf16_on_cpu(tmp_path):
 
 
 @pytest.mark.parametrize("extra,expected", [
-    (["--algo", "ppo"], "unknown --algo"),
+    (["--algo", "ppo"], "--algo: invalid choice: 'ppo'"),
     (["--eps-low", "0"], "--eps-low"),
     (["--eps-low", "1.5"], "--eps-low"),
     (["--eps-high", "-0.1"], "--eps-high"),
@@ -653,3 +653,149 @@ def test_bf16_is_on_by_default_only_where_the_card_has_it_natively(monkeypatch, 
     monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda including_emulation=True: native or including_emulation)
     assert E.Config(preset="tiny").bf16 is expected
     assert E.Config(preset="tiny", bf16=not expected).bf16 is (not expected)
+
+
+# ------------------------------------------------------------------ the GPU path, proven on a CPU
+def test_static_cache_rollout_equals_dynamic():
+    """The static KV cache (the CUDA default) pads prompts to a multiple of 64 and decodes with a fixed-size cache:
+    once the columns no row attends to are dropped, the same sequences and masks as the dynamic cache (greedy, and
+    sampled from the same seed), and the scoring of either batch gives the same log-probs."""
+    model, tok = tiny_model_and_tokenizer(seed=6)
+    prompts = ["1+2=", "13+4+2=", "3="]
+    for temperature, num_samples in ((0.0, 1), (1.0, 2)):  # greedy takes one sample per prompt
+        runs = []
+        for static in (False, True):
+            torch.manual_seed(2)
+            runs.append(E.rollout(model, tok, prompts, num_samples, temperature, 6, static))
+        (ids, attention, response_mask), (s_ids, s_attention, s_response_mask) = runs
+        assert ids.shape[1] == 7 + 6 and s_ids.shape[1] == 64 + 6  # the longest prompt; its bucket of 64
+        used = s_attention.any(0)  # the bucket's extra columns: padding in every row
+        assert not used[:64 - 7].any() and used[64 - 7:].all()
+        for static_tensor, dynamic_tensor in ((s_ids[:, used], ids), (s_attention[:, used], attention),
+                                              (s_response_mask, response_mask)):
+            torch.testing.assert_close(static_tensor, dynamic_tensor, rtol=0, atol=0)
+        cfg = E.Config(preset="tiny", temperature=1.0)
+        with torch.no_grad():
+            logp = E.logp_and_entropy(model, dict(input_ids=ids, attention_mask=attention, response_mask=response_mask), cfg)[0]
+            s_logp = E.logp_and_entropy(model, dict(input_ids=s_ids, attention_mask=s_attention,
+                                                    response_mask=s_response_mask), cfg)[0]
+        torch.testing.assert_close(s_logp, logp, atol=1e-5, rtol=0)
+
+
+def test_static_cache_buckets_bound_the_compiled_shapes():
+    """Prompts of every length from 1 to 200 tokens give 4 prompt widths under the static cache (64, 128, 192,
+    256), against 200 under the dynamic one: a compiled decoding step is made for at most that many shapes per
+    batch size."""
+    _, tok = tiny_model_and_tokenizer()
+    widths = {}
+    for static in (False, True):
+        seen = set()
+        model = type("Shapes", (), {"device": torch.device("cpu"), "eval": lambda self: self,
+                                    "generation_config": E.transformers.GenerationConfig()})()
+        model.generate = lambda **kw: seen.add(kw["input_ids"].shape[1]) or kw["input_ids"]
+        for n in range(1, 201):
+            E.rollout(model, tok, ["1" * n], 1, 1.0, 0, static)
+        widths[static] = seen
+    assert widths[True] == {64, 128, 192, 256} and len(widths[False]) == 200
+
+
+@pytest.mark.parametrize("cuda", [False, True])
+def test_static_cache_is_the_cuda_default_and_reaches_every_generate(monkeypatch, tmp_path, cuda):
+    """--static-cache defaults to on where CUDA is (torch.cuda stood in for), off on a CPU; --no-static-cache and
+    --static-cache win; the training rollout and both evaluation passes ask generate for the cache it says."""
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: cuda)
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda including_emulation=True: False)
+    assert E.Config(preset="tiny").static_cache is cuda
+    for flag, expected in (("--static-cache", True), ("--no-static-cache", False)):
+        assert E.Config(**E.parse_args(["--preset", "tiny", flag])).static_cache is expected
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)  # the run itself stays on this CPU
+    seen, setup = [], E.setup
+
+    def spied_setup(cfg):
+        model, *rest = setup(cfg)
+        spy_on_generate(model, seen, lambda kw: kw.get("cache_implementation"))
+        return model, *rest
+    monkeypatch.setattr(E, "setup", spied_setup)
+    E.main(tiny_argv(tmp_path, "--steps", "1", "--eval-every", "1", "--eval-prompts", "2", "--static-cache"))
+    assert seen == ["static"] * 3  # the step's rollout, greedy and sampled evaluation
+
+
+@pytest.mark.parametrize("bf16", [False, True])
+def test_the_sampler_keeps_its_storage_when_it_follows_the_policy(bf16):
+    """After each update the sampler takes the policy's new weights in place: every parameter keeps its storage (a
+    moved one makes CUDA graphs of the compiled decoding re-record) and holds the policy's values (bf16: rounded)."""
+    model, tok = tiny_model_and_tokenizer()
+    cfg = E.Config(preset="tiny", prompts_per_step=4, group_size=4, bf16=bf16)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-2)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0)
+    sampler = E.frozen_copy(model, torch.bfloat16) if bf16 else model
+    storage = [p.data_ptr() for p in sampler.parameters()]
+    before = [p.detach().clone() for p in sampler.parameters()]
+    rows = {"prompt": ["1+2=", "3+4=", "2+2=", "0+1="], "answer": ["3", "7", "4", "1"]}
+    E.REWARDS["coin"] = lambda completion, answer: float(torch.rand(()) < 0.5)
+    try:
+        for step in range(2):
+            torch.manual_seed(step)
+            record = E.train_step(dataclasses.replace(cfg, reward="coin"), model, sampler, optimizer, scheduler, tok, rows)
+            assert record["updates"] > 0
+    finally:
+        del E.REWARDS["coin"]
+    assert [p.data_ptr() for p in sampler.parameters()] == storage
+    assert any(not torch.equal(p, q) for p, q in zip(sampler.parameters(), before))  # it did follow the policy
+    for p, q in zip(sampler.parameters(), model.parameters()):
+        assert torch.equal(p, q.detach().to(p.dtype))
+
+
+def test_a_compiler_that_fails_is_one_line_naming_the_flag(tmp_path, capsys, monkeypatch):
+    """Where torch.compile cannot build the static cache's decoding step (no C compiler: torch's error stood in
+    for), the run stops in one line that names the error and --no-static-cache, exit code 2."""
+    def no_compiler(*args, **kwargs):
+        raise torch._dynamo.exc.BackendCompilerFailed(no_compiler, RuntimeError("Failed to find C compiler"), None)
+    setup = E.setup
+
+    def spied_setup(cfg):
+        model, *rest = setup(cfg)
+        model.generate = no_compiler
+        return model, *rest
+    monkeypatch.setattr(E, "setup", spied_setup)
+    with pytest.raises(SystemExit) as exit_info:
+        E.main(tiny_argv(tmp_path, "--steps", "2", "--static-cache"))
+    err = capsys.readouterr().err.strip()
+    assert exit_info.value.code == 2 and len(err.splitlines()) == 1
+    assert "Failed to find C compiler" in err and "--no-static-cache" in err
+
+
+def raise_out_of_memory_in_step_2(monkeypatch, out, name, call):
+    """E.name raises CUDA's out-of-memory error on its call-th call after step 1's checkpoint, as a full card does."""
+    function, calls = getattr(E, name), []
+
+    def full(*args, **kwargs):
+        calls.extend([1] * (out / "checkpoint-1").exists())
+        if len(calls) == call:
+            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+        return function(*args, **kwargs)
+    monkeypatch.setattr(E, name, full)
+
+
+@pytest.mark.parametrize("phase,inside,call,card_gib,card", [
+    ("rollout", "make_response_mask", 1, 79.2, "80 GB"),  # step 2's rollout
+    ("score_old_policy", "logp_and_entropy", 1, 44.4, "48 GB"),  # step 2's first scoring
+    ("train_on_batch", "objective", 1, 23.6, "24 GB"),  # step 2's first update
+    ("evaluate", "response_rewards", 2, 15.7, "16 GB")])  # step 2's greedy evaluation, after its rollout's rewards
+def test_out_of_memory_is_one_line_naming_the_phase_the_card_and_its_command(tmp_path, capsys, monkeypatch, phase,
+                                                                             inside, call, card_gib, card):
+    """CUDA running out of memory in each phase (raised where the phase allocates; the card's size stood in for):
+    one line naming the phase, the card's GiB and the flags the README gives for a card that size, exit code 2;
+    the checkpoint of step 1 is intact and --resume goes on from it."""
+    monkeypatch.setattr(torch.cuda, "mem_get_info", lambda: (0, int(card_gib * 2**30)))
+    raise_out_of_memory_in_step_2(monkeypatch, tmp_path, inside, call)
+    argv = tiny_argv(tmp_path, "--steps", "3", "--save-every", "1", "--eval-every", "1", "--eval-prompts", "2")
+    with pytest.raises(SystemExit) as exit_info:
+        E.main(argv)
+    err = capsys.readouterr().err.strip()
+    assert exit_info.value.code == 2 and len(err.splitlines()) == 1, err
+    flags = " ".join(readme_gpu_commands()[card][3:]) or "no flag"  # beyond --algo gppo --erc
+    assert f"out of memory in {phase} on this {card_gib:.0f} GiB card" in err and f"adds {flags};" in err, err
+    assert E.checkpoints(str(tmp_path)) == [str(tmp_path / "checkpoint-1")] and not list(tmp_path.glob("*.tmp"))
+    monkeypatch.undo()
+    assert [r["step"] for r in E.main(["--out", str(tmp_path), "--resume"])] == [1, 2, 3]

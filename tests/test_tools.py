@@ -10,7 +10,7 @@ import pytest
 import torch
 
 import erc_minimal as E
-from helpers import ROOT, load_script, load_tool
+from helpers import ROOT, load_script, load_tool, readme_gpu_commands
 from test_erc_minimal import RATIOS, grid, loss_and_grad, rolled_out_batch, step_parts, tiny_argv, tiny_model_and_tokenizer
 
 
@@ -260,7 +260,7 @@ def test_gpu_check_runs_real_steps_and_reports_every_phase(capsys):
     update run the same kernels), finite losses and gradients, responses that run to --max-new-tokens (random
     weights almost never emit EOS), and one closing line; --help explains it; a bad flag is one line."""
     check = load_tool("gpu_check")
-    results, verdict = check.main(["--small", "--steps", "2", "--threads", "1", "--seed", "3"])
+    results, verdict, paths, same = check.main(["--small", "--steps", "2", "--threads", "1", "--seed", "3"])
     out = capsys.readouterr().out
     assert "flags: --prompts-per-step 4 --group-size 4 --max-new-tokens 16 --num-minibatches 2 --algo gppo --erc" in out
     assert [r["step"] for r in results] == [1, 2] and all(r["finite"] for r in results)
@@ -276,12 +276,18 @@ def test_gpu_check_runs_real_steps_and_reports_every_phase(capsys):
     kv = check.decode_floor_bytes(check.QWEN25_05B, 128, 600) - check.decode_floor_bytes(check.QWEN25_05B, 128, 0)
     assert kv == 2 * 24 * 2 * 128 * 128 * 600  # bf16 K and V, 24 layers, 2 heads of 64, 128 rows, 600 tokens
     assert out.strip().splitlines()[-1] == verdict
+    # both KV cache paths at the same ragged prompts: generate's own log-probs are the scoring's (fp32 on a CPU),
+    # the static one's bucket adds columns of padding the dynamic one has none of, and they sample the same
+    assert set(paths) == {"static", "dynamic"} and same == 1.0
+    assert all(p["gap_max"] < 1e-5 and p["ms_per_decode_step"] > 0 for p in paths.values())
+    assert paths["static"]["padded_columns"] == 64 - 28 and paths["dynamic"]["padded_columns"] == 0
+    assert "static cache:" in out and "dynamic cache:" in out and "the floor)" in out
     with pytest.raises(SystemExit):
         check.main(["--help"])
     assert "Will it fit on my card" in capsys.readouterr().out
     with pytest.raises(SystemExit) as exit_info:
         check.main(["--small", "--algo", "ppo"])
-    assert exit_info.value.code == 2 and "unknown --algo" in capsys.readouterr().err
+    assert exit_info.value.code == 2 and "--algo: invalid choice: 'ppo'" in capsys.readouterr().err
 
 
 # ------------------------------------------------------------------ tools/compare.py
@@ -579,14 +585,6 @@ def test_every_script_finds_its_imports_from_its_own_folder():
 @pytest.mark.parametrize("card_gib,card", [(79.2, "80 GB"), (44.4, "48 GB"), (23.6, "24 GB"), (15.7, "16 GB")])
 def test_gpu_check_picks_the_readmes_command_for_each_card_size(card_gib, card):
     """tools/gpu_check.py's command for a card of this memory (as CUDA reports it, in GiB) is the README's for
-    that card size, flag for flag, read from the README's GPU block."""
-    block = (ROOT / "README.md").read_text().split("## On one CUDA GPU", 1)[1].split("```bash", 3)[2].split("```")[0]
-    commands = {}
-    for line in block.replace("\\\n", " ").splitlines():
-        command, _, comment = line.partition("#")
-        flags = [f for f in command.split()[2:] if f]  # after `python erc_minimal.py`
-        flags = [f for i, f in enumerate(flags) if f != "--out" and (i == 0 or flags[i - 1] != "--out")]
-        for size in (s.strip() for s in comment.split(":")[0].replace(" or ", ",").replace(" GB", "").split(",")):
-            commands[f"{size} GB"] = flags
-    assert set(commands) >= {"80 GB", "48 GB", "24 GB", "16 GB"}, commands
-    assert load_tool("gpu_check").readme_command(card_gib)[0] == commands[card]
+    that card size, flag for flag, read from the README's GPU block (through erc_minimal's CARD_FLAGS, which the
+    out-of-memory line names too)."""
+    assert load_tool("gpu_check").readme_command(card_gib)[0] == readme_gpu_commands()[card]

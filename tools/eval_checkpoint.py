@@ -21,7 +21,7 @@ import smol  # noqa: E402
 # the erc_minimal flags that act in an evaluation (a training flag here would be silently ignored)
 FLAGS = ("preset", "dataset", "eval_dataset", "prompt_field", "answer_field", "instruction", "reward", "eval_prompts",
          "eval_samples", "eval_temperature", "eval_top_p", "max_new_tokens", "prompts_per_step", "group_size", "bf16",
-         "threads", "seed", "out")
+         "static_cache", "threads", "seed", "out")
 
 
 def evaluate_checkpoint(argv):
@@ -35,8 +35,6 @@ def evaluate_checkpoint(argv):
     run_config = target.parent / "config.json"
     saved = json.loads(run_config.read_text()) if run_config.exists() else {}
     cfg = E.Config(**{**saved, **given, "model": str(target), "resume": False, "overwrite": False}, given=given)
-    if cfg.reward not in E.REWARDS:
-        raise ValueError(f"unknown --reward {cfg.reward!r}; choose one of {', '.join(E.REWARDS)}")
     if cfg.threads:
         E.torch.set_num_threads(cfg.threads)
     E.torch.set_float32_matmul_precision("highest")  # as in training

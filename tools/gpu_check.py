@@ -36,8 +36,6 @@ QWEN25_05B = dict(hidden_size=896, intermediate_size=4864, num_hidden_layers=24,
 SMALL = dict(QWEN25_05B, hidden_size=64, intermediate_size=256, num_hidden_layers=2, num_attention_heads=4,
              num_key_value_heads=2, vocab_size=4096)
 GiB = 2 ** 30
-# The README's commands, by the card's memory: (at least this many GiB, the flags beyond --algo gppo --erc)
-README_COMMANDS = [(40, []), (20, ["--micro-batch-size", "4"]), (0, ["--micro-batch-size", "4", "--gradient-checkpointing"])]
 
 
 def build(shape, device, prompt_tokens, n_prompts, seed=0):
@@ -122,10 +120,68 @@ def decode_floor_bytes(shape, rows, context):
 
 
 def readme_command(card_gib):
-    """The README's flags for a card of card_gib GiB (beyond --algo gppo --erc), and the card size it names."""
-    for least, flags in README_COMMANDS:
+    """The README's flags for a card of card_gib GiB (erc_minimal's CARD_FLAGS, beyond --algo gppo --erc), and the
+    card size it names."""
+    for least, flags in E.CARD_FLAGS.items():
         if card_gib >= least:
-            return ["--algo", "gppo", "--erc", *flags], least
+            return ["--algo", "gppo", "--erc", *flags.split()], least
+
+
+class SampledLogps:
+    """A logits processor that keeps generate's own log p (at temperature T) of every token it samples, holding
+    one step's [rows, vocabulary] block at a time; `logps(sequences)` [rows, decoded] once generate returns."""
+
+    def __init__(self, temperature):
+        self.temperature, self.last, self.kept = temperature, None, []
+
+    def __call__(self, input_ids, scores):  # scores: the step's logits, before temperature and sampling
+        if self.last is not None:  # the token sampled at the previous step is input_ids' last column
+            self.kept.append(self.last.gather(-1, input_ids[:, -1:]))
+        self.last = (scores.float() / self.temperature).log_softmax(-1)
+        return scores
+
+    def logps(self, sequences):
+        return torch.cat([*self.kept, self.last.gather(-1, sequences[:, -1:])], 1)
+
+
+def cache_paths(cfg, model, sampler, tokenizer, prompts, floor_ms):
+    """Each KV cache path of generate (static, dynamic) on the same prompts and seed: the time of a decoding step
+    (the second rollout: the first compiles), how far generate's own log-probs are from the trainer's scoring of
+    the same sequences, and whether the two paths sampled the same sequences."""
+    from transformers import LogitsProcessorList
+    generate, out = sampler.generate, {}
+    try:
+        for static in (True, False):
+            for _ in range(2):  # warm-up (the static cache compiles on a GPU), then the measured one
+                recorder = SampledLogps(cfg.temperature)
+                sampler.generate = lambda **kw: generate(**kw, logits_processor=LogitsProcessorList([recorder]))
+                torch.manual_seed(cfg.seed)
+                if torch.cuda.is_available():
+                    torch.cuda.synchronize()
+                start = time.perf_counter()
+                ids, attention, response_mask = E.rollout(sampler, tokenizer, prompts, cfg.group_size,
+                                                          cfg.temperature, cfg.max_new_tokens, static)
+                if torch.cuda.is_available():
+                    torch.cuda.synchronize()
+                seconds = time.perf_counter() - start
+            batch = dict(input_ids=ids, attention_mask=attention, response_mask=response_mask)
+            with torch.no_grad():
+                scored = torch.cat([E.logp_and_entropy(model, E.take(batch, idx), cfg)[0]
+                                    for idx in torch.arange(len(ids)).split(cfg.micro_batch_size or len(ids))])
+            gap = (recorder.logps(ids) - scored).abs()[response_mask.bool()]  # response tokens only
+            out["static" if static else "dynamic"] = dict(
+                ms_per_decode_step=1000 * seconds / response_mask.shape[1], gap_max=gap.max().item(),
+                gap_mean=gap.mean().item(), responses=ids[:, -response_mask.shape[1]:] * response_mask,
+                padded_columns=int((attention == 0).all(0).sum()))
+    finally:
+        sampler.generate = generate
+    same = (out["static"]["responses"] == out["dynamic"]["responses"]).all(1).float().mean().item()
+    for name, r in out.items():
+        print(f"{name} cache: {r['ms_per_decode_step']:.1f} ms a decoding step (x {r['ms_per_decode_step'] / floor_ms:.1f} "
+              f"the floor); generate's log p against the scoring's: max {r['gap_max']:.1e}, mean {r['gap_mean']:.1e}; "
+              f"{r['padded_columns']} columns of padding in every row")
+    print(f"the two paths sampled the same response in {same:.0%} of the rows (same prompts, same seed)")
+    return out, same
 
 
 def run(argv=None):
@@ -144,8 +200,8 @@ def run(argv=None):
         flags = ["--prompts-per-step", "4", "--group-size", "4", "--max-new-tokens", "16", "--num-minibatches", "2",
                  *flags]
     given = E.parse_args(flags)
-    cfg = E.Config(**{"reward": "coin", **given}, given=given)
     E.REWARDS.setdefault("coin", lambda completion, answer: float(torch.rand(()) < 0.5))  # per-step seeded stream
+    cfg = E.Config(**{"reward": "coin", **given}, given=given)
     torch.set_float32_matmul_precision("highest")  # as erc_minimal's setup does
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
@@ -166,7 +222,7 @@ def run(argv=None):
     name = torch.cuda.get_device_name() if device.type == "cuda" else "CPU"
     print(f"gpu_check: {name}" + (f" ({card_gib:.1f} GiB)" if card_gib else "") + f"; torch {torch.__version__}, "
           f"transformers {E.transformers.__version__}; {'small shapes' if own.small else 'Qwen2.5-0.5B shapes'}, "
-          f"random weights; bf16 {cfg.bf16}")
+          f"random weights; bf16 {cfg.bf16}, static KV cache {cfg.static_cache}")
     print("flags: " + " ".join(flags) + f"  (the README's command for a card of {least} GiB or more: "
           f"{' '.join(chosen)})")
     print(f"{cfg.prompts_per_step} prompts of {lengths if isinstance(lengths, int) else '%d to %d' % lengths} "
@@ -209,6 +265,7 @@ def run(argv=None):
                   flush=True)
     finally:
         E.rollout, E.score_old_policy, E.train_on_batch = saved
+    paths, same = cache_paths(cfg, model, sampler, tokenizer, prompts, floor_ms)
     peak = max(r["peak"] for r in results) / GiB
     if card_gib:
         verdict = (f"fits: peak {peak:.1f} GiB of {card_gib:.1f} GiB, headroom {card_gib - peak:.1f} GiB "
@@ -216,7 +273,7 @@ def run(argv=None):
     else:
         verdict = f"no CUDA device: process peak {peak:.2f} GiB of RAM (shapes {'small' if own.small else 'full'})"
     print(verdict)
-    return results, verdict
+    return results, verdict, paths, same
 
 
 def main(argv=None):

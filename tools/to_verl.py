@@ -22,7 +22,7 @@ KNOWN = set("""max_new_tokens prompts_per_step oversample dynamic_sampling group
 algo erc erc_low erc_high gradient_checkpointing lr warmup_steps weight_decay num_minibatches max_grad_norm temperature
 eval_temperature eval_top_p eval_samples eval_every save_every beta1 beta2 steps seed micro_batch_size logprob_chunk
 threads reward instruction chat_template_args eval_prompts model dataset eval_dataset prompt_field answer_field preset bf16 out resume
-overwrite log_every save_total_limit""".split())
+overwrite log_every save_total_limit static_cache""".split())
 
 # erc_minimal's (--algo, --erc) -> the fork's actor.policy_loss.loss_mode
 LOSS_MODES = {("grpo", True): "grpo_erc", ("dapo", True): "grpo_erc", ("gppo", True): "gppo_erc",
@@ -92,6 +92,7 @@ def overrides(cfg, unknown=()):
         "placeholders above; write the data files with a `prompt` column (the question in the chat format) and the "
         "gold answer where the fork's reward manager reads it",
         f"--bf16 {cfg.bf16}: the fork always trains under FSDP bf16 mixed precision",
+        f"--static-cache {cfg.static_cache}: the fork samples with vLLM (its own KV cache), not with generate",
         "trap: the fork takes log-probs and entropies from bf16 logits (FSDP mixed precision), so its ERC band "
         "also clips rounding; this script's fp32 logits do not (patches/bf16_logits.patch is theirs)",
         "trap: the fork's dp_actor.py torch.saves old and new log-probs, entropies, advantages and masks of every "
