@@ -218,7 +218,7 @@ def response_hidden(model, input_ids, attention_mask, response_mask):
 def logp_and_entropy(model, batch, cfg):
     """log p of each response token and the entropy at its position, [B, T] each, 0 off response_mask."""
     mask = batch["response_mask"]  # [B, T]
-    with torch.autocast(model.device.type, dtype=torch.bfloat16, enabled=cfg.bf16):
+    with torch.autocast(model.device.type, dtype=torch.bfloat16, enabled=cfg.bf16):  # fp32 master weights
         hidden, targets = response_hidden(model, batch["input_ids"], batch["attention_mask"], mask)  # [N, H]
     weight = model.get_output_embeddings().weight  # [V, H]; Qwen and Llama output layers have no bias
     logp, entropy = TokenLogpAndEntropy.apply(hidden, weight, targets, cfg.temperature, cfg.logprob_chunk)

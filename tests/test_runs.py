@@ -781,7 +781,7 @@ def raise_out_of_memory_in_step_2(monkeypatch, out, name, call):
     ("rollout", "make_response_mask", 1, 79.2, "80 GB"),  # step 2's rollout
     ("score_old_policy", "logp_and_entropy", 1, 44.4, "48 GB"),  # step 2's first scoring
     ("train_on_batch", "objective", 1, 23.6, "24 GB"),  # step 2's first update
-    ("evaluate", "response_rewards", 2, 15.7, "16 GB")])  # step 2's greedy evaluation, after its rollout's rewards
+    ("evaluate", "make_response_mask", 2, 15.7, "16 GB")])  # inside step 2's evaluation rollout, after the step's
 def test_out_of_memory_is_one_line_naming_the_phase_the_card_and_its_command(tmp_path, capsys, monkeypatch, phase,
                                                                              inside, call, card_gib, card):
     """CUDA running out of memory in each phase (raised where the phase allocates; the card's size stood in for):

@@ -16,7 +16,10 @@ and ERC's clip share before any update; not ~0 means ERC clips numerics) and whe
 finite; then one line: does the command fit this card, with what headroom. The first step includes warm-up
 (allocator, kernels): read the last. Beside the decoding step's time stands its floor: the bytes one step must move
 (the bf16 weights, the KV cache at the mean context, the logits) at the bandwidth a plain copy reaches on the same
-device, and the measured time as a multiple of it.
+device, and the measured time as a multiple of it. Then both KV cache paths of generate (static: the CUDA
+default, compiled there; dynamic) on the same prompts and seed: the time of a decoding step and its multiple of
+the floor, how far generate's own log-probs are from the trainer's scoring of the same sequences, the static
+bucket's columns of padding, and the share of rows where the two paths sampled the same response.
 """
 import argparse
 import os
@@ -166,8 +169,9 @@ def cache_paths(cfg, model, sampler, tokenizer, prompts, floor_ms):
                 seconds = time.perf_counter() - start
             batch = dict(input_ids=ids, attention_mask=attention, response_mask=response_mask)
             with torch.no_grad():
+                size = cfg.micro_batch_size or len(ids) // cfg.num_minibatches  # the scoring's own micro-batches
                 scored = torch.cat([E.logp_and_entropy(model, E.take(batch, idx), cfg)[0]
-                                    for idx in torch.arange(len(ids)).split(cfg.micro_batch_size or len(ids))])
+                                    for idx in torch.arange(len(ids)).split(size)])
             gap = (recorder.logps(ids) - scored).abs()[response_mask.bool()]  # response tokens only
             out["static" if static else "dynamic"] = dict(
                 ms_per_decode_step=1000 * seconds / response_mask.shape[1], gap_max=gap.max().item(),
