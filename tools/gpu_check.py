@@ -147,31 +147,25 @@ class SampledLogps:
         return torch.cat([*self.kept, self.last.gather(-1, sequences[:, -1:])], 1)
 
 
-def cache_paths(cfg, model, sampler, tokenizer, prompts, floor_ms):
+def cache_paths(cfg, model, sampler, tokenizer, prompts, floor_ms, device):
     """Each KV cache path of generate (static, dynamic) on the same prompts and seed: the time of a decoding step
     (the second rollout: the first compiles), how far generate's own log-probs are from the trainer's scoring of
     the same sequences, and whether the two paths sampled the same sequences."""
     from transformers import LogitsProcessorList
-    generate, out = sampler.generate, {}
+    generate, out, timer = sampler.generate, {}, Phases(device)
+    rollout = timer.wrap("rollout", E.rollout)
     try:
         for static in (True, False):
             for _ in range(2):  # warm-up (the static cache compiles on a GPU), then the measured one
                 recorder = SampledLogps(cfg.temperature)
                 sampler.generate = lambda **kw: generate(**kw, logits_processor=LogitsProcessorList([recorder]))
                 torch.manual_seed(cfg.seed)
-                if torch.cuda.is_available():
-                    torch.cuda.synchronize()
-                start = time.perf_counter()
-                ids, attention, response_mask = E.rollout(sampler, tokenizer, prompts, cfg.group_size,
-                                                          cfg.temperature, cfg.max_new_tokens, static)
-                if torch.cuda.is_available():
-                    torch.cuda.synchronize()
-                seconds = time.perf_counter() - start
+                timer.now = {}
+                ids, attention, response_mask = rollout(sampler, tokenizer, prompts, cfg.group_size,
+                                                        cfg.temperature, cfg.max_new_tokens, static)
+            seconds = timer.now["rollout"][0]
             batch = dict(input_ids=ids, attention_mask=attention, response_mask=response_mask)
-            with torch.no_grad():
-                size = cfg.micro_batch_size or len(ids) // cfg.num_minibatches  # the scoring's own micro-batches
-                scored = torch.cat([E.logp_and_entropy(model, E.take(batch, idx), cfg)[0]
-                                    for idx in torch.arange(len(ids)).split(size)])
+            scored, _ = E.score_old_policy(model, batch, E.plan_minibatches(len(ids), cfg), cfg)  # as a step does
             gap = (recorder.logps(ids) - scored).abs()[response_mask.bool()]  # response tokens only
             out["static" if static else "dynamic"] = dict(
                 ms_per_decode_step=1000 * seconds / response_mask.shape[1], gap_max=gap.max().item(),
@@ -269,7 +263,7 @@ def run(argv=None):
                   flush=True)
     finally:
         E.rollout, E.score_old_policy, E.train_on_batch = saved
-    paths, same = cache_paths(cfg, model, sampler, tokenizer, prompts, floor_ms)
+    paths, same = cache_paths(cfg, model, sampler, tokenizer, prompts, floor_ms, device)
     peak = max(r["peak"] for r in results) / GiB
     if card_gib:
         verdict = (f"fits: peak {peak:.1f} GiB of {card_gib:.1f} GiB, headroom {card_gib - peak:.1f} GiB "
